@@ -1,0 +1,138 @@
+"""The typed records every writer and reader of a run directory shares.
+
+A run directory holds three files:
+
+- ``config.json``      -- :class:`RunConfig`, written once when the run starts (atomically).
+- ``predictions.jsonl`` -- one :class:`Record` per sample, appended and flushed batch by batch.
+- ``metrics.json``     -- :class:`RunMetrics`, written atomically when the run finishes.
+
+This module imports nothing heavy (no torch, no transformers) so that ``reports/`` can read runs
+on a machine without them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Truth(BaseModel):
+    """Ground truth of one catalog product."""
+
+    name: str
+    category: str
+    price: float
+    category1: str = ""
+    category2: str = ""
+
+
+class Parsed(BaseModel):
+    """What the parser read from a model's answer; a field is None when it was not found."""
+
+    name: str | None = None
+    category: str | None = None
+    price: float | None = None
+
+
+class Sample(BaseModel):
+    """One evaluation item as a task hands it to the runner.
+
+    The image stays a path: it is opened by whoever needs the pixels, so one unreadable file
+    becomes that sample's error instead of the whole run's.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    image: str  # local path
+    truth: Truth
+    group: str = ""  # samples sharing a group (normalised title) always land in the same split
+
+
+class Record(BaseModel):
+    """One line of predictions.jsonl."""
+
+    id: str
+    image: str
+    prompt: str
+    output: str | None = None  # raw generated text; None when the sample errored
+    parsed: Parsed = Field(default_factory=Parsed)
+    truth: Truth
+    scores: dict[str, float | None] = Field(default_factory=dict)
+    latency_s: float | None = None
+    error: str | None = None
+
+
+class MetricValue(BaseModel):
+    """An aggregate with its 95 % bootstrap confidence interval."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = 0
+
+
+class Excluded(BaseModel):
+    """A row that never became a sample (e.g. its image could not be downloaded)."""
+
+    id: str
+    reason: str
+
+
+class DataInfo(BaseModel):
+    source: str  # "hub", "synthetic" or a file path
+    split: str
+    fingerprint: str  # hash of the split's sample ids + truths + image bytes digests
+    n_samples: int
+    n_excluded: int = 0
+    synthetic: bool = False
+    revision: str | None = None
+    seed: int | None = None
+    manifest: str | None = None  # path of the data manifest (with the excluded rows)
+
+
+class ModelInfo(BaseModel):
+    name: str  # what the user typed, e.g. "base", "tiny-tuned"
+    path: str  # hub id or local directory actually loaded
+    revision: str | None = None
+    adapter: str | None = None  # LoRA adapter directory evaluated on top of `path`
+    family: str = "hf"  # "hf" (Auto classes) or "phi3v" (native)
+    trust_remote_code: bool = False
+
+
+class GenerationInfo(BaseModel):
+    max_new_tokens: int = 64
+    do_sample: bool = False
+
+
+class RunConfig(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    task: str
+    model: ModelInfo
+    data: DataInfo
+    generation: GenerationInfo = Field(default_factory=GenerationInfo)
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int = 8  # informative only: outputs do not depend on it
+    device: str = "cpu"
+    dtype: str = "float32"
+    versions: dict[str, str] = Field(default_factory=dict)
+    git_sha: str | None = None
+    created: str = ""
+    key: str = ""  # hash naming the run directory
+
+
+class RunMetrics(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    task: str
+    model: str
+    n: int  # records scored (errors included)
+    n_errors: int = 0
+    n_parse_failures: int = 0
+    n_excluded: int = 0  # rows dropped before the run (see the data manifest)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    per_category: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    wall_s: float | None = None

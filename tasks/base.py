@@ -1,0 +1,52 @@
+"""The Task protocol: what is asked of a model and how its answer is judged.
+
+A task is text, images and numbers: nothing under ``tasks/`` imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from harness.schema import DataInfo, Excluded, MetricValue, Parsed, Record, Sample, Truth
+
+
+@dataclass
+class TaskData:
+    """One split of a task's data, ready to run: the samples plus what was left out and why."""
+
+    samples: list[Sample]
+    info: DataInfo
+    excluded: list[Excluded] = field(default_factory=list)
+
+
+class Task(Protocol):
+    name: str
+    description: str
+
+    def load(
+        self,
+        source: str,
+        split: str,
+        *,
+        seed: int = 0,
+        limit: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> TaskData:
+        """Load ``split`` ("train", "validation" or "test") from ``source`` ("hub", "synthetic" or a path)."""
+
+    def messages(self, sample: Sample) -> list[dict]:
+        """The user turn in the Hugging Face chat format: content = [{"type": "image"}, {"type": "text", ...}]."""
+
+    def target(self, sample: Sample) -> str:
+        """The answer a perfect model would generate (the training target)."""
+
+    def parse(self, text: str) -> Parsed:
+        """Read the fields from a model's answer. Never raises."""
+
+    def score(self, truth: Truth, parsed: Parsed) -> dict[str, float | None]:
+        """Per-sample scores; None where a score is undefined (e.g. no price parsed)."""
+
+    def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
+        """Aggregates with 95 % bootstrap CIs, and the per-category breakdown."""
