@@ -136,3 +136,26 @@ class RunMetrics(BaseModel):
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     per_category: dict[str, dict[str, Any]] = Field(default_factory=dict)
     wall_s: float | None = None
+
+
+class TrainManifest(BaseModel):
+    """``harness-train.json``: written beside a trained adapter so ``<name>-tuned`` resolves to it."""
+
+    schema_version: int = SCHEMA_VERSION
+    base_model: str  # canonical name of the base, e.g. "tiny-phi3v" or "phi-3-vision"
+    base_path: str  # hub id or local directory the adapter was trained on
+    revision: str | None = None
+    family: str = "hf"
+    task: str
+    data: DataInfo  # the train split
+    validation: DataInfo | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)  # final callback metrics
+    steps: int = 0
+    created: str = ""
+
+
+CONFIG_FILE = "config.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+TRAIN_MANIFEST_FILE = "harness-train.json"
