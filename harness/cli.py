@@ -82,5 +82,116 @@ def run_cmd(
     typer.echo(f"run directory: {run_dir}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
+
+@app.command("train")
+def train_cmd(
+    backend: Annotated[str, typer.Option(help="Training backend.")] = "trl",
+    model: Annotated[str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")] = "base",
+    task: Annotated[str, typer.Option(help="Task whose train split is used.")] = "burberry",
+    data: Annotated[str, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL.")] = "hub",
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default: 1 for real models).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-device batch size.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit QLoRA (needs a CUDA GPU + bitsandbytes).")] = False,
+    output_dir: Annotated[Path | None, typer.Option(help="Default: outputs/train/<model>-<time>.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
+    report_to: Annotated[str, typer.Option(help="none | wandb (offline without an API key).")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed of training and of the split.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training samples.")] = None,
+) -> None:
+    """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
+    from harness.errors import HarnessError
+
+    if backend != "trl":
+        fail(f"unknown training backend {backend!r}; valid backends: trl")
+    if report_to not in ("none", "wandb"):
+        fail(f"--report-to must be none or wandb, not {report_to!r}")
+    from harness.train import train_cmd_impl
+
+    try:
+        out = train_cmd_impl(
+            model=model,
+            task=task,
+            data=data,
+            epochs=epochs,
+            max_steps=max_steps,
+            lora_r=lora_r,
+            lr=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            qlora=qlora,
+            output_dir=output_dir,
+            resume=resume,
+            report_to=report_to,
+            seed=seed,
+            limit=limit,
+        )
+    except HarnessError as err:
+        fail(str(err))
+    typer.echo(f"trained model: {out}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="A tuned model name (e.g. tiny-phi3v-tuned) or adapter directory.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the standalone model to.")],
+    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge the LoRA adapter into the base.")] = True,
+) -> None:
+    """Write a standalone model directory that loads without remote code."""
+    from harness.errors import HarnessError
+    from harness.export import export
+
+    try:
+        path = export(model, out, merge=merge)
+    except HarnessError as err:
+        fail(str(err))
+    typer.echo(f"exported: {path}")
+
+
+@app.command("report")
+def report_cmd(
+    a: Annotated[str, typer.Argument(help="Model name or run directory (the baseline).")],
+    b: Annotated[str | None, typer.Argument(help="Model name or run directory (the candidate).")] = None,
+    task: Annotated[str, typer.Option(help="Task of the runs.")] = "burberry",
+    data: Annotated[str | None, typer.Option(help="Only runs on this data source.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("runs"),
+    out: Annotated[Path | None, typer.Option(help="Markdown path (default reports/A-vs-B.md).")] = None,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also log a W&B run (offline without an API key).")] = False,
+    fail_if_worse: Annotated[
+        list[str] | None, typer.Option(help="Exit 1 when B is significantly worse than A on this metric.")
+    ] = None,
+) -> None:
+    """Compare two runs on the same test set (or describe one run)."""
+    from harness.errors import HarnessError
+    from reports.report import make_report
+
+    try:
+        result = make_report(
+            a, b, task=task, data=data, runs_dir=runs_dir, out=out, wandb=wandb, fail_if_worse=fail_if_worse or []
+        )
+    except HarnessError as err:
+        fail(str(err))
+    typer.echo(f"report: {result.markdown}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where runs/, outputs/ and reports/ go.")] = Path("."),
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster demo (used by the tests).")] = False,
+) -> None:
+    """The whole job offline on a CPU: tiny Phi-3-Vision, evaluate, fine-tune, evaluate, report."""
+    from harness.demo import run_demo
+    from harness.errors import HarnessError
+
+    try:
+        run_demo(workdir, quick=quick)
+    except HarnessError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
     app()
