@@ -1,0 +1,1 @@
+"""What a run means: paired comparisons, markdown, plots and W&B, read from run directories only."""

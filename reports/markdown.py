@@ -1,0 +1,290 @@
+"""The markdown report: what was compared, paired statistics, per-category results, examples.
+
+Model output is hostile text: every cell goes through :func:`cell`, which HTML-escapes it, turns
+markdown-active characters into numeric entities (so `|` cannot split a table row and `[x](y)`
+cannot become a link) and collapses newlines, so a row always keeps its column count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from reports.compare import METRICS, N_BOOT, SEED, Comparison, MetricSummary, Run
+
+THUMB_PX = 128
+# HTML specials plus markdown syntax that could split a row or render (links, images, code, emphasis).
+_ESCAPES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>\"'|`[]*_~\\!#"})
+
+
+def cell(text: object, limit: int = 200) -> str:
+    """One table cell's worth of inert text: escaped, single line, at most ``limit`` characters."""
+    value = "" if text is None else re.sub(r"\s+", " ", str(text)).strip()
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value.translate(_ESCAPES)
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return [row(*header), row(*["---"] * len(header)), *(row(*r) for r in rows)]
+
+
+def fmt_value(metric: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if METRICS[metric].percent:
+        return f"{100 * value:.1f} %"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def fmt_diff(metric: str, value: float | None) -> str:
+    if value is None or np.isnan(value):
+        return "–"
+    return f"{100 * value:+.1f} pp" if METRICS[metric].percent else f"{value:+.3g}"
+
+
+def fmt_p(p: float | None) -> str:
+    return "–" if p is None else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def thumbnail(image: str, assets: Path) -> str | None:
+    """A small PNG copy of ``image`` in ``assets``; its path relative to the report, or None if unreadable."""
+    name = hashlib.sha1(image.encode()).hexdigest()[:16] + ".png"
+    target = assets / name
+    if not target.exists():
+        try:
+            with Image.open(image) as img:
+                img = img.convert("RGB")
+                img.thumbnail((THUMB_PX, THUMB_PX))
+                assets.mkdir(parents=True, exist_ok=True)
+                img.save(target)
+        except (OSError, UnidentifiedImageError, ValueError):
+            return None
+    return f"{assets.name}/{name}"
+
+
+def _image_cell(record, assets: Path) -> str:
+    rel = thumbnail(record.image, assets)
+    return f"![{cell(record.id, 60)}]({rel})" if rel else "(no image)"
+
+
+def _truth(record) -> str:
+    t = record.truth
+    return f"{cell(t.name, 80)}<br>{cell(t.category, 40)} · {t.price:g}"
+
+
+def _output(record) -> str:
+    if record.error is not None:
+        return f"**error:** {cell(record.error, 120)}"
+    p = record.parsed
+    price = "–" if p.price is None else f"{p.price:g}"
+    parsed = f"{cell(p.name, 60)} · {cell(p.category, 30)} · {price}"
+    return f"{cell(record.output, 160)}<br>*parsed:* {parsed}"
+
+
+def _provenance(runs: dict[str, Run]) -> list[str]:
+    def info(run: Run) -> dict[str, str]:
+        c, d = run.config, run.config.data
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(c.versions.items())) or "–"
+        return {
+            "run directory": cell(str(run.path)),
+            "model": cell(c.model.name),
+            "model path": cell(c.model.path),
+            "revision": cell(c.model.revision or "–"),
+            "adapter": cell(c.model.adapter or "–"),
+            "data": cell(f"{d.source} / {d.split}" + (" (SYNTHETIC)" if d.synthetic else "")),
+            "fingerprint": cell(d.fingerprint),
+            "samples (records / split / excluded)": f"{len(run.records)} / {d.n_samples} / {d.n_excluded}",
+            "created": cell(c.created or "–"),
+            "device / dtype": cell(f"{c.device} / {c.dtype}"),
+            "git": cell(c.git_sha or "–"),
+            "versions": cell(versions, 400),
+        }
+
+    infos = {label: info(run) for label, run in runs.items()}
+    keys = list(next(iter(infos.values())))
+    return table(["", *runs], [[k, *(infos[label][k] for label in runs)] for k in keys])
+
+
+def _counts(runs: dict[str, Run]) -> list[str]:
+    def n(run: Run, pred) -> int:
+        return sum(1 for r in run.records if pred(r))
+
+    rows = [
+        ["errors", *(n(r, lambda x: x.error is not None) for r in runs.values())],
+        ["parse failures (no field read)", *(n(r, lambda x: x.error is None and x.scores.get("parsed") == 0) for r in runs.values())],
+        ["no price parsed", *(n(r, lambda x: x.error is None and x.parsed.price is None) for r in runs.values())],
+        ["torn last line dropped", *("yes" if r.torn_last_line else "no" for r in runs.values())],
+    ]  # fmt: skip
+    return table(["", *runs], rows)
+
+
+def _per_category(per_cat: pd.DataFrame) -> list[str]:
+    header = ["category", *(_cat_header(c) for c in per_cat.columns)]
+    rows = []
+    for category, values in per_cat.iterrows():
+        rows.append([cell(category, 60), *(_cat_value(c, v) for c, v in values.items())])
+    return table(header, rows)
+
+
+def _cat_header(column: str) -> str:
+    if column == "n":
+        return "n"
+    metric, label = column.split(" ", 1)
+    return cell(f"{METRICS[metric].label} ({label})")
+
+
+def _cat_value(column: str, value) -> str:
+    if column == "n":
+        return str(int(value))
+    return fmt_value(column.split(" ")[0], float(value))
+
+
+def _changes(cmp: Comparison, metric: str, k: int) -> tuple[list[str], list[str]]:
+    """Sample ids with the biggest improvement and the biggest regression of B over A on ``metric``."""
+    delta = (cmp.paired[f"{metric}_b"] - cmp.paired[f"{metric}_a"]).dropna()
+    if not METRICS[metric].higher_is_better:
+        delta = -delta
+    wins = delta[delta > 0].sort_values(ascending=False, kind="stable").index[:k]
+    losses = delta[delta < 0].sort_values(kind="stable").index[:k]
+    return list(wins), list(losses)
+
+
+def _examples(cmp: Comparison, ids: list[str], metric: str, assets: Path) -> list[str]:
+    ra = {r.id: r for r in cmp.a.records}
+    rb = {r.id: r for r in cmp.b.records}
+    rows = []
+    for i in ids:
+        a, b = ra[i], rb[i]
+        rows.append([
+            _image_cell(a, assets), cell(i, 40), _truth(a), _output(a), _output(b),
+            f"{fmt_value(metric, cmp.paired.at[i, f'{metric}_a'])} → {fmt_value(metric, cmp.paired.at[i, f'{metric}_b'])}",
+        ])  # fmt: skip
+    return table(["image", "id", "truth", "A output", "B output", cell(METRICS[metric].label)], rows)
+
+
+def render_comparison(
+    cmp: Comparison, per_cat: pd.DataFrame, plots: list[str], assets: Path, *, alpha: float, k: int = 5
+) -> str:
+    a, b = cmp.a, cmp.b
+    lines = [f"# {cell(a.label)} (A) vs {cell(b.label)} (B) — {cell(a.config.task)}", ""]
+    lines += _banner([a, b])
+    lines += ["## What was compared", "", *_provenance({"A": a, "B": b}), ""]
+    lines += [
+        "## Summary",
+        "",
+        f"Paired by sample id over {len(cmp.paired)} samples. Difference = B − A; 95 % CI from a paired "
+        f"bootstrap ({_n_boot_note(cmp.n_boot, cmp.seed)}); p: exact McNemar for 0/1 metrics, Wilcoxon signed-rank otherwise. "
+        f"▲/▼ = B significantly better/worse (CI excludes 0 on that side and p < {alpha}). "
+        "Errored samples count as wrong; price errors use the pairs where both runs parsed a price (n).",
+        "",
+    ]
+    rows = []
+    for m in cmp.metrics:
+        verdict = "▼ worse" if m.worse else ("▲ better" if m.better else "")
+        ci = "–" if m.ci_low is None else f"[{fmt_diff(m.metric, m.ci_low)}, {fmt_diff(m.metric, m.ci_high)}]"
+        direction = "↑" if METRICS[m.metric].higher_is_better else "↓"
+        rows.append([
+            f"{cell(METRICS[m.metric].label)} {direction}", m.n, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
+            fmt_diff(m.metric, m.diff), ci, fmt_p(m.p_value), m.test, verdict,
+        ])  # fmt: skip
+    lines += table(["metric", "n", "A", "B", "B − A", "95 % CI", "p", "test", ""], rows) + [""]
+    lines += ["## Failures", "", *_counts({"A": a, "B": b}), ""]
+    lines += ["## Per category", "", *_per_category(per_cat), ""]
+    lines += _plots(plots)
+    for metric in ("price_ape", "name_similarity"):
+        if metric not in cmp.by_name() or cmp.by_name()[metric].n == 0:
+            continue
+        wins, losses = _changes(cmp, metric, k)
+        label = METRICS[metric].label
+        for title, ids in (
+            (f"Biggest wins of B ({label})", wins),
+            (f"Biggest losses of B ({label})", losses),
+        ):
+            lines += [f"## {title}", ""]
+            lines += _examples(cmp, ids, metric, assets) if ids else ["None."]
+            lines += [""]
+    lines += [_footer()]
+    return "\n".join(lines) + "\n"
+
+
+def render_single(
+    run: Run,
+    summary: list[MetricSummary],
+    per_cat: pd.DataFrame,
+    plots: list[str],
+    assets: Path,
+    *,
+    k: int = 5,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> str:
+    lines = [f"# {cell(run.label)} — {cell(run.config.task)}", ""]
+    lines += _banner([run])
+    lines += ["## What was evaluated", "", *_provenance({"run": run}), ""]
+    lines += ["## Summary", "", f"Means with 95 % bootstrap CIs ({_n_boot_note(n_boot, seed)}).", ""]
+    rows = [
+        [cell(METRICS[s.metric].label), s.n, fmt_value(s.metric, s.value),
+         f"[{fmt_value(s.metric, s.ci_low)}, {fmt_value(s.metric, s.ci_high)}]"]
+        for s in summary
+    ]  # fmt: skip
+    lines += table(["metric", "n", "value", "95 % CI"], rows) + [""]
+    lines += ["## Failures", "", *_counts({"run": run}), ""]
+    lines += ["## Per category", "", *_per_category(per_cat), ""]
+    lines += _plots(plots)
+    worst = sorted(
+        (r for r in run.records if r.scores.get("price_ape") is not None),
+        key=lambda r: -(r.scores["price_ape"] or 0),
+    )[:k]
+    rows = [
+        [
+            _image_cell(r, assets),
+            cell(r.id, 40),
+            _truth(r),
+            _output(r),
+            fmt_value("price_ape", r.scores["price_ape"]),
+        ]
+        for r in worst
+    ]
+    failed = [r for r in run.records if r.error is not None or r.scores.get("parsed") == 0][:k]
+    rows += [[_image_cell(r, assets), cell(r.id, 40), _truth(r), _output(r), "–"] for r in failed]
+    lines += ["## Worst price errors and failures", ""]
+    lines += (table(["image", "id", "truth", "output", "price APE"], rows) if rows else ["None."]) + [""]
+    lines += [_footer()]
+    return "\n".join(lines) + "\n"
+
+
+def _banner(runs: list[Run]) -> list[str]:
+    out = []
+    if any(r.config.data.synthetic for r in runs):
+        out += [
+            "> **Synthetic data.** These numbers check the harness; they say nothing about real catalogs.",
+            "",
+        ]
+    if any(r.metrics is None for r in runs):
+        out += ["> Some run has no metrics.json (unfinished): statistics use the records written so far.", ""]
+    return out
+
+
+def _plots(plots: list[str]) -> list[str]:
+    if not plots:
+        return []
+    return ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+
+
+def _n_boot_note(n_boot: int, seed: int) -> str:
+    return f"{n_boot:,} resamples of the sample ids, seed {seed}"
+
+
+def _footer() -> str:
+    return f"*Report generated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}.*"

@@ -1,0 +1,99 @@
+"""Fake run directories for the report tests, written straight through harness.schema (no runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from harness.schema import (
+    CONFIG_FILE,
+    PREDICTIONS_FILE,
+    DataInfo,
+    ModelInfo,
+    Parsed,
+    Record,
+    RunConfig,
+    Truth,
+)
+
+CATEGORIES = ["Coats", "Scarves", "Bags"]
+
+
+def image(path: Path, color: str = "red") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), color).save(path)
+    return str(path)
+
+
+def record(
+    i: int,
+    *,
+    correct: bool,
+    ape: float | None,
+    sim: float,
+    img: str = "",
+    output: str | None = None,
+    error: str | None = None,
+    category: str | None = None,
+) -> Record:
+    """One sample: category/name right iff ``correct``; a price ``ape`` off the truth (None = no price)."""
+    category = category or CATEGORIES[i % len(CATEGORIES)]
+    truth = Truth(name=f"Product {i}", category=category, price=100.0 + i)
+    price = None if ape is None else truth.price * (1 + ape)
+    parsed = Parsed(
+        name=truth.name if correct else "Other", category=category if correct else "Hats", price=price
+    )
+    scores = {
+        "name_similarity": sim,
+        "name_exact": float(correct),
+        "category_exact": float(correct),
+        "price_within_10": float(ape is not None and ape <= 0.10),
+        "price_within_25": float(ape is not None and ape <= 0.25),
+        "price_abs_error": None if ape is None else abs(price - truth.price),
+        "price_ape": ape,
+        "price_log_error": None if ape is None else abs(__import__("math").log1p(ape)),
+        "parsed": 1.0,
+    }
+    if error:
+        return Record(id=f"s{i:03d}", image=img, prompt="p", truth=truth, error=error)
+    text = output if output is not None else f"{parsed.name} | {parsed.category} | {price}"
+    return Record(
+        id=f"s{i:03d}", image=img, prompt="p", output=text, parsed=parsed, truth=truth, scores=scores
+    )
+
+
+def write_run(
+    root: Path,
+    dirname: str,
+    model: str,
+    records: list[Record],
+    *,
+    fingerprint: str = "fp-test-1",
+    created: str = "2026-01-01T00:00:00",
+    source: str = "synthetic",
+    torn: bool = False,
+) -> Path:
+    run = root / dirname
+    run.mkdir(parents=True)
+    config = RunConfig(
+        task="burberry",
+        model=ModelInfo(
+            name=model, path=f"/models/{model}", adapter="/adapters/x" if "tuned" in model else None
+        ),
+        data=DataInfo(
+            source=source,
+            split="test",
+            fingerprint=fingerprint,
+            n_samples=len(records),
+            synthetic=source == "synthetic",
+        ),
+        versions={"transformers": "5.24"},
+        created=created,
+    )
+    (run / CONFIG_FILE).write_text(config.model_dump_json())
+    lines = "".join(r.model_dump_json() + "\n" for r in records)
+    if torn:
+        lines += records[0].model_dump_json()[:40]  # a crash mid-append
+    (run / PREDICTIONS_FILE).write_text(lines)
+    return run

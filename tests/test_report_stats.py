@@ -1,0 +1,139 @@
+"""Paired statistics and run pairing of `harness report`, checked against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_report_fakes import record, write_run
+
+from harness.errors import HarnessError
+from reports.compare import bootstrap_means, compare_runs, read_run
+from reports.report import make_report
+
+# A: right on even ids; B: right on ids divisible by 3 or 4 -> known discordant counts.
+N = 48
+A_CORRECT = [i % 2 == 0 for i in range(N)]
+B_CORRECT = [i % 3 == 0 or i % 4 == 0 for i in range(N)]
+A_APE = [None if i % 5 == 0 else 0.02 * (i % 7) for i in range(N)]
+B_APE = [None if i % 6 == 0 else 0.03 * (i % 5) for i in range(N)]
+
+
+def _runs(tmp_path, **kw):
+    a = write_run(
+        tmp_path, "a", "base", [record(i, correct=A_CORRECT[i], ape=A_APE[i], sim=40 + i) for i in range(N)]
+    )
+    b = write_run(tmp_path, "b", "tuned", [record(i, correct=B_CORRECT[i], ape=B_APE[i], sim=45 + i % 9 * 3) for i in range(N)], **kw)  # fmt: skip
+    return read_run(a), read_run(b)
+
+
+def test_mcnemar_and_mean_difference_match_a_hand_computation(tmp_path):
+    a, b = _runs(tmp_path)
+    m = compare_runs(a, b, n_boot=2000).by_name()["category_exact"]
+    a_only = sum(x and not y for x, y in zip(A_CORRECT, B_CORRECT, strict=True))
+    b_only = sum(y and not x for x, y in zip(A_CORRECT, B_CORRECT, strict=True))
+    assert m.discordant == (a_only, b_only)
+    assert m.p_value == pytest.approx(stats.binomtest(b_only, a_only + b_only, 0.5).pvalue)
+    assert m.test == "McNemar exact"
+    assert m.n == N
+    assert m.a == pytest.approx(np.mean(A_CORRECT))
+    assert m.diff == pytest.approx(np.mean(B_CORRECT) - np.mean(A_CORRECT))
+
+
+def test_error_metrics_pair_only_where_both_are_defined_and_use_wilcoxon(tmp_path):
+    a, b = _runs(tmp_path)
+    m = compare_runs(a, b, n_boot=2000).by_name()["price_ape"]
+    both = [i for i in range(N) if A_APE[i] is not None and B_APE[i] is not None]
+    va, vb = np.array([A_APE[i] for i in both]), np.array([B_APE[i] for i in both])
+    assert m.n == len(both) < N
+    assert m.a == pytest.approx(va.mean()) and m.b == pytest.approx(vb.mean())
+    assert m.p_value == pytest.approx(stats.wilcoxon(vb - va).pvalue)
+    assert m.test == "Wilcoxon signed-rank"
+
+
+def test_bootstrap_matches_a_loop_with_the_same_seed_and_covers_the_truth():
+    rng = np.random.default_rng(7)
+    n, true_diff = 400, 0.3
+    diff = rng.normal(true_diff, 1.0, n)
+    diff[::10] = np.nan  # undefined pairs are left out of each resample's mean
+    boot = bootstrap_means(diff, n_boot=3000, seed=11)[:, 0]
+    # Straightforward re-implementation: one multinomial draw of the ids per resample.
+    loop_rng, defined = np.random.default_rng(11), ~np.isnan(diff)
+    expected = []
+    for _ in range(3000):
+        counts = loop_rng.multinomial(n, np.full(n, 1 / n))[defined]
+        expected.append(np.sum(counts * diff[defined]) / counts.sum())
+    np.testing.assert_allclose(boot, expected, rtol=1e-10)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    assert lo < true_diff < hi
+    assert lo < np.nanmean(diff) < hi and hi - lo < 0.4
+
+
+def test_ci_and_verdict_on_a_clear_regression(tmp_path):
+    a = write_run(tmp_path, "a", "base", [record(i, correct=True, ape=0.01, sim=90) for i in range(40)])
+    b = write_run(tmp_path, "b", "tuned", [record(i, correct=i % 4 == 0, ape=0.5, sim=90) for i in range(40)])
+    cmp = compare_runs(read_run(a), read_run(b), n_boot=2000).by_name()
+    assert cmp["category_exact"].worse and cmp["category_exact"].ci_high < 0
+    assert cmp["price_ape"].worse and cmp["price_ape"].ci_low > 0  # lower is better: worse means up
+    assert not cmp["name_similarity"].worse and cmp["name_similarity"].p_value == 1.0
+
+
+def test_fail_if_worse_exit_codes(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "a", "base", [record(i, correct=True, ape=0.01, sim=90) for i in range(40)])
+    write_run(runs, "b", "tuned", [record(i, correct=i % 4 == 0, ape=0.01, sim=90) for i in range(40)])
+    kw = dict(runs_dir=runs, n_boot=1000)
+    worse = make_report("base", "tuned", out=tmp_path / "w.md", fail_if_worse=["category_exact"], **kw)
+    assert worse.exit_code == 1 and worse.worse == {"category_exact": True}
+    same = make_report("base", "tuned", out=tmp_path / "s.md", fail_if_worse=["price_ape"], **kw)
+    assert same.exit_code == 0 and same.worse == {"price_ape": False}
+    better = make_report("tuned", "base", out=tmp_path / "b.md", fail_if_worse=["category_exact"], **kw)
+    assert better.exit_code == 0
+    with pytest.raises(HarnessError, match="unknown metric 'accuracy'.*category_exact"):
+        make_report("base", "tuned", fail_if_worse=["accuracy"], **kw)
+
+
+def test_different_fingerprints_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
+    write_run(
+        runs, "b", "tuned", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)], fingerprint="other"
+    )
+    with pytest.raises(HarnessError, match="different data fingerprints"):
+        make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md")
+    with pytest.raises(HarnessError, match="different data fingerprints"):
+        make_report(str(runs / "a"), str(runs / "b"), runs_dir=runs, out=tmp_path / "r.md")
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_same_fingerprint_different_ids_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
+    write_run(runs, "b", "tuned", [record(i, correct=True, ape=0.1, sim=50) for i in range(8)])
+    with pytest.raises(HarnessError, match="different sample ids: 2 only in A, 0 only in B"):
+        make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md")
+
+
+def test_model_names_resolve_to_the_newest_pair_on_the_same_test_set(tmp_path):
+    runs = tmp_path / "runs"
+    recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(10)]
+    write_run(runs, "base-old", "base", recs, created="2026-01-01")
+    write_run(runs, "tuned-same", "tuned", recs, created="2026-01-02")
+    write_run(runs, "tuned-newer-other-set", "tuned", recs, fingerprint="other", created="2026-01-03")
+    write_run(runs, "tiny", "tiny", recs, created="2026-01-04")
+    result = make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md", n_boot=500)
+    assert (result.run_a.name, result.run_b.name) == ("base-old", "tuned-same")
+    with pytest.raises(HarnessError, match="no run of model 'large'"):
+        make_report("base", "large", runs_dir=runs)
+
+
+def test_torn_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_path):
+    recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(5)]
+    run = read_run(write_run(tmp_path, "torn", "base", recs, torn=True))
+    assert run.torn_last_line and [r.id for r in run.records] == [r.id for r in recs]
+    bad = write_run(tmp_path, "bad", "base", recs)
+    lines = (bad / "predictions.jsonl").read_text().splitlines()
+    lines[2] = '{"id": "s002", "image": 3'
+    (bad / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(HarnessError, match=r"predictions.jsonl:3: not a valid record"):
+        read_run(bad)
