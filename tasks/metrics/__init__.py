@@ -1,0 +1,1 @@
+"""Per-sample scorers as `evaluate` Metric modules, loaded from these local files (works offline)."""

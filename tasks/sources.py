@@ -1,0 +1,183 @@
+"""Where catalog rows and their images come from: the hub, a local table, and an on-disk image cache.
+
+Every row whose image cannot be had is reported with a reason, never dropped silently and never
+allowed to crash the run (defect 4 of the seed pipeline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+import requests
+from PIL import Image
+from requests.adapters import HTTPAdapter
+from tqdm.auto import tqdm
+from urllib3.util.retry import Retry
+
+from harness.errors import HarnessError
+
+REQUIRED_COLUMNS = ("title", "category3_code", "full_price")
+IMAGE_COLUMNS = ("image", "imageurl")
+
+# Download knobs (module-level so tests can shrink them).
+WORKERS = 8
+TIMEOUT = (5.0, 30.0)  # connect, read seconds
+RETRIES = 3
+BACKOFF = 0.5  # seconds; doubles per retry
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV / Parquet / JSONL catalog table, its columns checked (one error naming them all)."""
+    suffix = path.suffix.lower()
+    readers = {
+        ".csv": pd.read_csv,
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".json": lambda p: pd.read_json(p, lines=True),
+    }
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such file (expected hub, synthetic or a CSV/Parquet/JSONL path)")
+    if suffix not in readers:
+        raise HarnessError(f"{path}: unsupported file type {suffix!r} (use .csv, .parquet or .jsonl)")
+    try:
+        df = readers[suffix](path)
+    except Exception as err:  # noqa: BLE001 - any parser failure is the user's file, reported in one line
+        raise HarnessError(f"{path}: cannot be read as {suffix[1:]}: {type(err).__name__}: {err}") from err
+    check_columns(df, str(path))
+    return df
+
+
+def check_columns(df: pd.DataFrame, where: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if not any(c in df.columns for c in IMAGE_COLUMNS):
+        missing.append(" or ".join(IMAGE_COLUMNS))
+    if missing:
+        raise HarnessError(
+            f"{where}: missing column(s): {', '.join(missing)} (has: {', '.join(map(str, df.columns))})"
+        )
+
+
+def load_hub_table(repo: str, revision: str) -> pd.DataFrame:
+    import datasets  # lazy: a second of import time the synthetic and local paths never need
+
+    try:
+        ds = datasets.load_dataset(repo, revision=revision, split="train")
+    except Exception as err:  # noqa: BLE001 - offline, unknown revision, auth...: one clear line
+        raise HarnessError(
+            f"cannot load the dataset {repo} (revision {revision}) from the Hugging Face hub or its cache "
+            f"({type(err).__name__}); without network use `--data synthetic` or a local CSV/Parquet/JSONL path"
+        ) from err
+    df = ds.to_pandas()
+    check_columns(df, f"{repo}@{revision}")
+    return df
+
+
+def check_image(path: Path, *, full: bool = False) -> str | None:
+    """None if PIL can open (and with ``full``, decode) the file; else the reason why not."""
+    if not path.is_file():
+        return f"image file not found: {path}"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        if full:  # verify() misses truncated data; decoding catches it (done once, at download)
+            with Image.open(path) as im:
+                im.load()
+    except Exception as err:  # noqa: BLE001 - any decoder error means "not a usable image"
+        return f"not a readable image ({type(err).__name__}): {path.name}"
+    return None
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def make_session() -> requests.Session:
+    """A session that retries connection errors, read timeouts and 429/5xx with exponential backoff."""
+    retry = Retry(
+        total=RETRIES,
+        connect=RETRIES,
+        read=RETRIES,
+        status=RETRIES,
+        backoff_factor=BACKOFF,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=WORKERS)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def cached_image(url: str, images_dir: Path) -> Path | None:
+    key = hashlib.sha256(url.encode()).hexdigest()
+    return next(iter(sorted(images_dir.glob(f"{key}.*"))), None)
+
+
+def _download(session: requests.Session, url: str, images_dir: Path) -> Path:
+    key = hashlib.sha256(url.encode()).hexdigest()
+    resp = session.get(url, timeout=TIMEOUT)
+    if resp.status_code != 200:
+        raise ValueError(f"HTTP {resp.status_code}")
+    tmp = images_dir / f".{key}.tmp{os.getpid()}-{id(resp)}"
+    tmp.write_bytes(resp.content)
+    reason = check_image(tmp, full=True)
+    if reason:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"downloaded bytes are not a readable image ({len(resp.content)} bytes)")
+    with Image.open(tmp) as im:
+        ext = FORMAT_EXT.get(im.format or "", "img")
+    final = images_dir / f"{key}.{ext}"
+    os.replace(tmp, final)  # atomic: a cache entry is always a whole, verified image
+    return final
+
+
+def fetch_images(urls: Iterable[str], images_dir: Path) -> dict[str, Path | str]:
+    """Each URL -> its cached image path, or the reason it could not be had. Cached URLs are not fetched."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Path | str] = {}
+    todo = []
+    for url in dict.fromkeys(urls):
+        if urlparse(url).scheme not in ("http", "https"):
+            result[url] = f"not an http(s) URL: {url[:80]!r}"
+        elif (hit := cached_image(url, images_dir)) is not None:
+            result[url] = hit
+        else:
+            todo.append(url)
+    if not todo:
+        return result
+    session = make_session()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        futures = {pool.submit(_download, session, url, images_dir): url for url in todo}
+        for future in tqdm(as_completed(futures), total=len(todo), desc="images", unit="img", disable=None):
+            url = futures[future]
+            try:
+                result[url] = future.result()
+            except requests.RequestException as err:
+                # After retries requests wraps the cause (e.g. ReadTimeoutError) in a ConnectionError: name the cause.
+                cause = getattr(err.args[0], "reason", None) if err.args else None
+                result[url] = f"download failed ({type(cause or err).__name__}): {url[:80]}"
+            except ValueError as err:
+                result[url] = f"download failed ({err}): {url[:80]}"
+    return result
+
+
+def write_manifest(path: Path, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
