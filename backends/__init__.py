@@ -1,0 +1,17 @@
+"""Backend registry: one module per backend, imported only when asked for (torch is slow to import)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from types import ModuleType
+
+from harness.errors import HarnessError
+
+# name -> module exposing ``load_generator(model_info, device=None, dtype=None)``.
+BACKENDS: dict[str, str] = {"hf": "backends.hf"}
+
+
+def get_backend(name: str) -> ModuleType:
+    if name not in BACKENDS:
+        raise HarnessError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}")
+    return import_module(BACKENDS[name])

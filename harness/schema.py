@@ -101,6 +101,7 @@ class ModelInfo(BaseModel):
     adapter: str | None = None  # LoRA adapter directory evaluated on top of `path`
     family: str = "hf"  # "hf" (Auto classes) or "phi3v" (native)
     trust_remote_code: bool = False
+    num_crops: int | None = None  # Phi-3-Vision image crops (16 for 3.0, 4 for 3.5); None = model default
 
 
 class GenerationInfo(BaseModel):
