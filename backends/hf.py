@@ -1,0 +1,194 @@
+"""Transformers inference for any image-text model: greedy, batched, left-padded.
+
+Loads a hub id or a local directory through the Auto classes (or the native Phi-3-Vision backend),
+optionally with a peft LoRA adapter on top. Knows nothing about any task: prompts and images in,
+text out.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import HarnessError
+from harness.schema import ModelInfo
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+END_TOKENS = ("<|end|>", "<|endoftext|>")  # Phi-3 style turn / text ends, used when the vocab has them
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def check_remote_code(info: ModelInfo) -> None:
+    """Running a repository's own code is only allowed at a pinned revision (a commit, not a branch)."""
+    if info.trust_remote_code and (not info.revision or info.revision in {"main", "master"}):
+        raise HarnessError(
+            f"model {info.name!r}: --trust-remote-code runs code from {info.path!r} and needs a pinned "
+            "--revision (a commit sha), so that the code cannot change under you"
+        )
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise HarnessError(f"--device {device}: no CUDA device is available")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: Any = None):
+    """bf16 on a GPU, fp32 on a CPU (bf16 matmuls on CPU are slow and change greedy outputs)."""
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise HarnessError(f"unknown dtype {dtype!r}; use e.g. float32, bfloat16 or float16")
+        return getattr(torch, dtype)
+    return dtype
+
+
+def _is_phi3v(info: ModelInfo) -> bool:
+    if info.family == "phi3v":
+        return True
+    if not Path(info.path).is_dir():
+        return False
+    try:
+        from backends.phi3v import is_phi3v_dir
+    except ImportError:
+        return False
+    return bool(is_phi3v_dir(Path(info.path)))
+
+
+def _auto_class(info: ModelInfo):
+    """The Auto class a remote-code repository registers (Phi-3-Vision registers a causal LM)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if not info.trust_remote_code:
+        return AutoModelForImageTextToText
+    config = AutoConfig.from_pretrained(info.path, revision=info.revision, trust_remote_code=True)
+    auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModelForImageTextToText" not in auto_map and "AutoModelForCausalLM" in auto_map:
+        return AutoModelForCausalLM
+    return AutoModelForImageTextToText
+
+
+def load_model_and_processor(
+    model_info: ModelInfo, device: str | None = None, dtype: Any = None, *, load_adapter: bool = True
+):
+    """Load ``(model, processor, device)``; the training backend shares this exact loading code.
+
+    ``load_adapter=False`` returns the bare base even when ``model_info.adapter`` is set.
+    """
+    check_remote_code(model_info)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    source = model_info.path
+    try:
+        if _is_phi3v(model_info) and not model_info.trust_remote_code:
+            from backends import phi3v
+
+            local = source if Path(source).is_dir() else _download(source, model_info.revision)
+            model, processor = phi3v.load(
+                local, dtype=torch_dtype, device=device, num_crops=model_info.num_crops
+            )
+        else:
+            from transformers import AutoProcessor
+
+            kwargs: dict[str, Any] = {"revision": model_info.revision}
+            if model_info.trust_remote_code:
+                kwargs["trust_remote_code"] = True
+            extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
+            processor = AutoProcessor.from_pretrained(source, **kwargs, **extra)
+            model = _auto_class(model_info).from_pretrained(source, dtype=torch_dtype, **kwargs)
+            model.to(device)
+    except (OSError, ValueError) as err:  # hub errors (offline, missing repo) are OSErrors too
+        raise HarnessError(f"cannot load model {model_info.name!r} from {source!r}: {err}") from err
+    if load_adapter and model_info.adapter:
+        model = _with_adapter(model, model_info.adapter)
+    model.eval()
+    return model, processor, device
+
+
+def _download(repo_id: str, revision: str | None) -> str:
+    """A hub repository at ``revision`` as a local directory (the native loader reads directories)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, revision=revision)
+
+
+def _with_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise HarnessError(f"adapter {adapter!r}: no adapter_config.json (not a peft adapter directory)")
+    # Merged: same outputs as the unmerged adapter, no LoRA overhead per token.
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+class HFGenerator:
+    """Greedy batched generation; outputs do not depend on the batch size (left padding + masks)."""
+
+    def __init__(self, model, processor, device: str, info: ModelInfo | None = None):
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.info = info
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.dtype = next(model.parameters()).dtype
+        self.stop_ids = self._stop_ids()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.stop_ids[0]
+
+    def _stop_ids(self) -> list[int]:
+        ids: list[int] = []
+        eos = self.model.generation_config.eos_token_id
+        ids.extend(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.extend(vocab[t] for t in END_TOKENS if t in vocab)
+        return list(dict.fromkeys(ids))
+
+    def render(self, messages: list[dict]) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, prompts: list[str], images: list[Image.Image], max_new_tokens: int) -> list[str]:
+        import torch
+
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        if not prompts:
+            return []
+        # No truncation, ever: cutting a prompt could cut into its image tokens.
+        inputs = self.processor(
+            text=list(prompts), images=list(images), padding=True, padding_side="left", return_tensors="pt"
+        )
+        inputs = {
+            k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
+            if hasattr(v, "to")
+            else v
+            for k, v in inputs.items()
+        }
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.pad_id,
+            )
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def load_generator(model_info: ModelInfo, device: str | None = None, dtype: Any = None) -> HFGenerator:
+    model, processor, device = load_model_and_processor(model_info, device, dtype)
+    return HFGenerator(model, processor, device, model_info)

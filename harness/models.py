@@ -1,0 +1,243 @@
+"""Named models and role aliases: what ``--model`` means.
+
+``--model`` takes a built-in name (``phi-3-vision``, ``tiny``...), a role alias (``base``, ``tuned``,
+``<name>-tuned``), a hub id (``org/name``) or a local directory. An optional ``harness.toml`` in the
+working directory overrides aliases, revisions and the training output directory::
+
+    [aliases]
+    base = "tiny-phi3v"
+    [revisions]
+    "phi-3-vision" = "<commit sha>"
+    [paths]
+    train_dir = "outputs/train"
+
+Nothing here imports torch at module level: ``harness --help`` and ``harness models`` stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from harness.errors import HarnessError
+from harness.paths import cache_dir
+from harness.schema import TRAIN_MANIFEST_FILE, ModelInfo, TrainManifest
+
+SETTINGS_FILE = "harness.toml"
+DEFAULT_TRAIN_DIR = Path("outputs/train")
+DEFAULT_ALIASES = {"base": "phi-3-vision"}
+
+# Hub revisions the built-ins are loaded at. The commit shas could not be looked up from this offline
+# workplace, so these follow the repositories' default branch: pin them to a commit sha in
+# harness.toml ([revisions]) or with --revision for a reproducible run (--trust-remote-code insists).
+PHI3_VISION_REVISION = "main"
+PHI35_VISION_REVISION = "main"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Builtin:
+    description: str
+    path: str | Callable[[], Path]  # hub id, or a builder returning a local directory
+    family: str = "hf"
+    revision: str | None = None
+    num_crops: int | None = None
+
+
+def _tiny_corpus() -> Iterator[str]:
+    """Text the tiny tokenizer is trained on: the synthetic catalog's prompts and answers if available."""
+    yield from ["0123456789", ".,:;$-/()'\"!?%&", "name category price", "Name: Category: Price: $"]
+    try:
+        from tasks import get_task
+
+        task = get_task("burberry")
+        for split in ("train", "test"):
+            for sample in task.load("synthetic", split).samples:
+                t = sample.truth
+                yield from (t.name, t.category, t.category1, t.category2, f"${t.price:,.2f}", f"{t.price}")
+                yield task.target(sample)
+                yield from (p.get("text", "") for m in task.messages(sample) for p in m["content"])
+    except Exception:  # the tasks package is optional for the tiny model's vocabulary
+        yield from ["Burberry Check Cotton Scarf", "Accessories", "Vintage Check Trench Coat", "Outerwear"]
+
+
+def _build_tiny() -> Path:
+    from backends.tiny import build_tiny, is_built
+
+    path = cache_dir() / "models" / "tiny"
+    return path if is_built(path) else build_tiny(path, _tiny_corpus())
+
+
+def _build_tiny_phi3v() -> Path:
+    from backends.phi3v.tiny import build_tiny_phi3v
+
+    return Path(build_tiny_phi3v(cache_dir() / "models" / "tiny-phi3v"))
+
+
+BUILTINS: dict[str, Builtin] = {
+    "phi-3-vision": Builtin(
+        "Phi-3-Vision 128k instruct (4.2B), native backend, 16 crops",
+        "microsoft/Phi-3-vision-128k-instruct",
+        "phi3v",
+        PHI3_VISION_REVISION,
+        16,
+    ),
+    "phi-3.5-vision": Builtin(
+        "Phi-3.5-Vision instruct (4.2B), native backend, 4 crops",
+        "microsoft/Phi-3.5-vision-instruct",
+        "phi3v",
+        PHI35_VISION_REVISION,
+        4,
+    ),
+    "tiny": Builtin("tiny random Llava (CLIP + Llama, <1M params), built offline; for tests", _build_tiny),
+    "tiny-phi3v": Builtin("tiny random Phi-3-Vision, built offline; for tests", _build_tiny_phi3v, "phi3v"),
+}
+
+
+@dataclass
+class Settings:
+    aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    revisions: dict[str, str] = field(default_factory=dict)
+    train_dir: Path = DEFAULT_TRAIN_DIR
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """``harness.toml`` of the working directory (or ``path``); defaults when there is none."""
+    path = Path(path) if path else Path.cwd() / SETTINGS_FILE
+    settings = Settings()
+    if not path.is_file():
+        return settings
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise HarnessError(f"{path}: not valid TOML: {err}") from err
+    for table in ("aliases", "revisions", "paths"):
+        if not isinstance(data.get(table, {}), dict):
+            raise HarnessError(f"{path}: [{table}] must be a table")
+        for key, value in data.get(table, {}).items():
+            if not isinstance(value, str):
+                raise HarnessError(f"{path}: [{table}] {key} must be a string, got {value!r}")
+    settings.aliases.update(data.get("aliases", {}))
+    settings.revisions.update(data.get("revisions", {}))
+    if "train_dir" in data.get("paths", {}):
+        settings.train_dir = Path(data["paths"]["train_dir"])
+    return settings
+
+
+def canonical(name: str, settings: Settings | None = None) -> str:
+    """Follow aliases to the name they stand for: ``base`` -> ``phi-3-vision``."""
+    settings = settings or load_settings()
+    seen = [name]
+    while name in settings.aliases:
+        name = settings.aliases[name]
+        if name in seen:
+            raise HarnessError(f"{SETTINGS_FILE}: alias cycle {' -> '.join([*seen, name])}")
+        seen.append(name)
+    if name == "tuned":
+        return f"{canonical('base', settings)}-tuned"
+    return name
+
+
+def train_outputs(settings: Settings | None = None) -> list[tuple[Path, TrainManifest]]:
+    """Every training output under the train directory, oldest first."""
+    settings = settings or load_settings()
+    found = []
+    for manifest_path in sorted(settings.train_dir.glob(f"*/{TRAIN_MANIFEST_FILE}")):
+        found.append((manifest_path.parent, _read_manifest(manifest_path)))
+    return sorted(found, key=lambda item: (item[1].created, item[0].name))
+
+
+def _read_manifest(path: Path) -> TrainManifest:
+    try:
+        return TrainManifest.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as err:
+        raise HarnessError(f"{path}: not a valid {TRAIN_MANIFEST_FILE}: {err}".splitlines()[0]) from err
+
+
+def _tuned(name: str, base: str, settings: Settings) -> ModelInfo:
+    outputs = [(d, m) for d, m in train_outputs(settings) if m.base_model == base]
+    if not outputs:
+        raise HarnessError(
+            f"model {name!r}: no training output for base {base!r} under {settings.train_dir} "
+            f"(no */{TRAIN_MANIFEST_FILE} with base_model={base!r}); train one first"
+        )
+    adapter_dir, manifest = outputs[-1]
+    return _on_base(adapter_dir, manifest, settings)
+
+
+def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings) -> ModelInfo:
+    if manifest.base_model in BUILTINS:
+        info = _builtin(manifest.base_model, settings)
+    else:
+        info = ModelInfo(name=manifest.base_model, path=manifest.base_path, family=manifest.family)
+    update = {"adapter": str(adapter_dir.resolve())}
+    if manifest.revision:
+        update["revision"] = manifest.revision
+    return info.model_copy(update=update)
+
+
+def _builtin(name: str, settings: Settings) -> ModelInfo:
+    spec = BUILTINS[name]
+    path = spec.path if isinstance(spec.path, str) else str(spec.path())
+    revision = settings.revisions.get(name, spec.revision)
+    return ModelInfo(name=name, path=path, family=spec.family, revision=revision, num_crops=spec.num_crops)
+
+
+def _local(path: Path, settings: Settings) -> ModelInfo:
+    if (path / TRAIN_MANIFEST_FILE).is_file():  # a training output: its adapter on its base
+        return _on_base(path, _read_manifest(path / TRAIN_MANIFEST_FILE), settings)
+    family = "hf"
+    try:
+        from backends.phi3v import is_phi3v_dir
+
+        family = "phi3v" if is_phi3v_dir(path) else "hf"
+    except ImportError:
+        pass
+    return ModelInfo(name=str(path), path=str(path.resolve()), family=family)
+
+
+def resolve(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelInfo:
+    """What ``--model name`` loads. Unknown names raise a HarnessError listing the valid ones."""
+    settings = load_settings()
+    target = canonical(name, settings)
+    if target in BUILTINS:
+        info = _builtin(target, settings)
+    elif target.endswith("-tuned"):
+        info = _tuned(name, canonical(target.removesuffix("-tuned"), settings), settings)
+    elif Path(target).exists():
+        info = _local(Path(target), settings)
+    elif _HUB_ID.match(target):
+        info = ModelInfo(name=target, path=target)
+    else:
+        valid = ", ".join([*BUILTINS, *settings.aliases, "tuned", "<name>-tuned", "<org/name>", "<path>"])
+        raise HarnessError(f"unknown model {name!r}; valid: {valid}")
+    update: dict = {"name": name, "trust_remote_code": trust_remote_code}
+    if revision:
+        update["revision"] = revision
+    info = info.model_copy(update=update)
+    from backends.hf import check_remote_code  # light: no torch at import
+
+    check_remote_code(info)
+    return info
+
+
+def list_models() -> list[tuple[str, str]]:
+    """(name, one-line description) of every built-in, alias and training output: ``harness models``."""
+    settings = load_settings()
+    rows = [(name, spec.description) for name, spec in BUILTINS.items()]
+    rows += [(alias, f"alias of {target}") for alias, target in sorted(settings.aliases.items())]
+    rows.append(("tuned", f"alias of {canonical('base', settings)}-tuned"))
+    try:
+        outputs = train_outputs(settings)
+    except HarnessError:
+        outputs = []
+    for name in sorted({m.base_model for _, m in outputs}):
+        newest = [d for d, m in outputs if m.base_model == name][-1]
+        rows.append((f"{name}-tuned", f"newest training output on {name}: {newest}"))
+    return rows

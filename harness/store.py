@@ -1,0 +1,158 @@
+"""The run directory: config.json (atomic), predictions.jsonl (append + fsync), metrics.json (atomic).
+
+One directory per (task, model, data, limit, generation settings) -- not batch size, which does not
+change outputs -- so re-running the same command resumes or re-uses the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from harness.errors import HarnessError
+from harness.schema import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, Record, RunConfig, RunMetrics
+
+
+def run_key(config: RunConfig) -> str:
+    """Hash of everything that decides a run's outputs (and nothing else)."""
+    identity = {
+        "task": config.task,
+        "model": config.model.model_dump(exclude={"name"}),  # "base" and "phi-3-vision" are the same run
+        "data": config.data.model_dump(include={"source", "split", "fingerprint", "seed", "revision"}),
+        "limit": config.limit,
+        "generation": config.generation.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_name(config: RunConfig) -> str:
+    model = Path(config.model.path).name + (
+        f"+{Path(config.model.adapter).name}" if config.model.adapter else ""
+    )
+    data = (
+        Path(config.data.source).stem
+        if config.data.source not in {"hub", "synthetic"}
+        else config.data.source
+    )
+    parts = [config.task, model, f"{data}-{config.data.split}", f"n{config.limit or 'all'}", config.key]
+    return "__".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Temp file in the same directory + fsync + os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_records(path: Path, repair: bool = False) -> list[Record]:
+    """Records of a predictions.jsonl. An unterminated last line (the writer was killed mid-write) is
+    dropped -- and cut off the file when ``repair`` -- while a bad complete line is an error naming it."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    records = []
+    for number, line in enumerate(complete.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(Record.model_validate_json(line))
+        except ValidationError as err:
+            raise HarnessError(f"{path}, line {number}: not a valid record: {err}".splitlines()[0]) from err
+    if repair and len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+            os.fsync(f.fileno())
+    return records
+
+
+class RunStore:
+    """The files of one run directory, opened for writing by the runner."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    @classmethod
+    def open(cls, output_dir: Path, config: RunConfig, fresh: bool = False) -> RunStore:
+        """The run directory for ``config`` (its key filled in); ``fresh`` throws away what is there."""
+        if not config.key:
+            config.key = run_key(config)
+        store = cls(Path(output_dir) / run_name(config))
+        if fresh and store.dir.exists():
+            shutil.rmtree(store.dir)
+        return store  # the directory appears with config.json: a model that fails to load leaves none
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / CONFIG_FILE
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.dir / PREDICTIONS_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / METRICS_FILE
+
+    def write_config(self, config: RunConfig) -> None:
+        """Written when the run starts; a resumed run keeps the first one (it started the run)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            write_atomic(self.config_path, config.model_dump_json(indent=2) + "\n")
+
+    def finished(self) -> RunMetrics | None:
+        return _read_metrics(self.metrics_path) if self.metrics_path.exists() else None
+
+    def records(self) -> list[Record]:
+        """Records written so far, a torn last line cut away so that appends start on a clean line."""
+        return read_records(self.predictions_path, repair=True)
+
+    def append(self, records: list[Record]) -> None:
+        """One batch: appended, flushed and fsynced, so a kill loses at most the batch in flight."""
+        if not records:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.predictions_path, "a") as f:
+            f.write("".join(r.model_dump_json() + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, metrics: RunMetrics) -> None:
+        write_atomic(self.metrics_path, metrics.model_dump_json(indent=2) + "\n")
+
+
+def _read_metrics(path: Path) -> RunMetrics:
+    try:
+        return RunMetrics.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as err:
+        raise HarnessError(f"{path}: not a valid {METRICS_FILE}: {err}".splitlines()[0]) from err
+
+
+def load_run(directory: Path) -> tuple[RunConfig, list[Record], RunMetrics | None]:
+    """Read a run directory (for reports): never modifies it; metrics is None for an unfinished run."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise HarnessError(f"{directory}: not a run directory (no {CONFIG_FILE})")
+    try:
+        config = RunConfig.model_validate_json(config_path.read_text())
+    except ValidationError as err:
+        raise HarnessError(f"{config_path}: not a valid {CONFIG_FILE}: {err}".splitlines()[0]) from err
+    metrics_path = directory / METRICS_FILE
+    metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
+    return config, read_records(directory / PREDICTIONS_FILE), metrics

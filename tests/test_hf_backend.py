@@ -1,0 +1,162 @@
+"""The hf backend on the tiny Llava model: batching, images, adapters, remote code, the tiny build."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backends import get_backend
+from backends.hf import load_generator, load_model_and_processor
+from backends.tiny import MARKER, build_tiny
+from harness.errors import HarnessError
+from harness.models import resolve
+from harness.schema import ModelInfo
+
+CORPUS = [f"Check Scarf {i} Accessories ${i * 10}.00" for i in range(200)] + ["0123456789 .,$:"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy 2-core machine they make it 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ModelInfo:
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def generator(tiny):
+    return load_generator(tiny, device="cpu")
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-phi3v"])
+def any_generator(request, generator):
+    """The generic Llava path and the native Phi-3-Vision path of the same generator."""
+    return generator if request.param == "tiny" else load_generator(resolve(request.param), device="cpu")
+
+
+def noise(seed: int, size: int = 48) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def prompts(generator, n: int) -> list[str]:
+    # Different prompt lengths so that left padding really happens inside a batch.
+    texts = ["Name the product." + " Answer now." * (i % 4) for i in range(n)]
+    return [
+        generator.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}])
+        for t in texts
+    ]
+
+
+def test_render_uses_phi3_chat_format(generator):
+    text = generator.render(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    )
+    assert text == "<|user|>\n<image>Hi<|end|>\n<|assistant|>\n"
+
+
+def test_batch_size_does_not_change_greedy_outputs(any_generator):
+    generator = any_generator
+    ps, ims = prompts(generator, 12), [noise(i) for i in range(12)]
+    one_by_one = [generator.generate([p], [im], 24)[0] for p, im in zip(ps, ims, strict=True)]
+    batched = generator.generate(ps[:8], ims[:8], 24) + generator.generate(ps[8:], ims[8:], 24)
+    assert batched == one_by_one
+    assert len(set(one_by_one)) > 1  # not a degenerate constant answer
+
+
+def test_image_reaches_the_model(any_generator):
+    generator = any_generator
+    ps = prompts(generator, 1) * 6
+    flat = [Image.new("RGB", (48, 48), (i * 40, 255 - i * 40, 128)) for i in range(6)]
+    noisy = [noise(100 + i) for i in range(6)]
+    assert generator.generate(ps, flat, 16) != generator.generate(ps, noisy, 16)
+
+
+def test_decodes_only_new_tokens_within_budget_and_stops_at_end(generator, monkeypatch):
+    seen = []
+    decode = generator.tokenizer.batch_decode
+    monkeypatch.setattr(
+        generator.tokenizer, "batch_decode", lambda ids, **kw: seen.append(ids) or decode(ids, **kw)
+    )
+    ps, ims = prompts(generator, 8), [noise(i) for i in range(8)]
+    generator.generate(ps, ims, 12)
+    (ids,) = seen
+    assert ids.shape[0] == 8 and ids.shape[1] <= 12  # new tokens only (the prompts are ~40 tokens)
+    assert "<|end|>" in generator.tokenizer.convert_ids_to_tokens(generator.stop_ids)
+    for row in ids.tolist():  # after a stop token only padding follows
+        stops = [i for i, t in enumerate(row) if t in generator.stop_ids]
+        if stops:
+            assert all(t == generator.pad_id for t in row[stops[0] + 1 :])
+
+
+def test_lora_adapter_loads_on_its_base_and_changes_outputs(tiny, generator, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, _, _ = load_model_and_processor(tiny, device="cpu")
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    tuned = load_generator(tiny.model_copy(update={"adapter": str(tmp_path / "adapter")}), device="cpu")
+    ps, ims = prompts(generator, 4), [noise(i) for i in range(4)]
+    expected = load_generator(tiny, device="cpu")
+    expected.model = peft_model.eval()  # the adapter as trained, unmerged
+    assert tuned.generate(ps, ims, 16) == expected.generate(ps, ims, 16)
+    assert tuned.generate(ps, ims, 16) != generator.generate(ps, ims, 16)
+
+
+def test_adapter_dir_without_config_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(HarnessError, match="adapter_config.json"):
+        load_generator(tiny.model_copy(update={"adapter": str(tmp_path)}), device="cpu")
+
+
+@pytest.mark.parametrize("revision", [None, "main"])
+def test_trust_remote_code_needs_a_pinned_revision(revision):
+    info = ModelInfo(name="x", path="org/model", revision=revision, trust_remote_code=True)
+    with pytest.raises(HarnessError, match="pinned --revision"):
+        load_model_and_processor(info)
+    with pytest.raises(HarnessError, match="pinned --revision"):
+        resolve("org/model", revision=revision, trust_remote_code=True)
+
+
+def test_missing_model_is_a_harness_error(tmp_path):
+    with pytest.raises(HarnessError, match="cannot load model"):
+        load_generator(ModelInfo(name="x", path=str(tmp_path)), device="cpu")
+
+
+def test_backend_registry():
+    assert get_backend("hf").load_generator is load_generator
+    with pytest.raises(HarnessError, match="valid backends: hf"):
+        get_backend("nope")
+
+
+def digests(path):
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in path.iterdir()}
+
+
+def test_tiny_build_is_deterministic_and_rebuilds_half_built_dirs(tmp_path):
+    a = build_tiny(tmp_path / "a", CORPUS)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text("{half")  # a killed build: no marker
+    b = build_tiny(tmp_path / "b", reversed(CORPUS))
+    assert (b / MARKER).is_file()
+    assert digests(a) == digests(b)
+
+
+def test_hub_model_not_in_the_cache_is_a_clear_error_offline():
+    with pytest.raises(
+        HarnessError, match="cannot load model 'phi-3-vision' from 'microsoft/Phi-3-vision-128k-instruct'"
+    ):
+        load_generator(resolve("phi-3-vision"), device="cpu")
+    with pytest.raises(HarnessError, match="cannot load model 'org/none'"):
+        load_generator(resolve("org/none"), device="cpu")

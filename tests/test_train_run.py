@@ -1,0 +1,223 @@
+"""Training mechanics on the tiny model: the image reaches the loss, resume, W&B offline, no leaks."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from backends.hf import load_model_and_processor
+from backends.trl import Example, TrainParams, VisionSFTCollator, _StopAfter, image_token_ids, train
+from harness.errors import HarnessError
+from harness.models import resolve
+from harness.schema import Sample, Truth
+from harness.train import check_no_leak
+
+MESSAGES = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these models are tiny, and two spinning OpenMP threads on a busy 2-core machine
+    run 10-50x slower than one."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+COLOURS = {"BOOTS": (200, 30, 30), "COATS": (30, 200, 30), "BAGS": (30, 30, 200)}
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> list[Example]:
+    root = tmp_path_factory.mktemp("train-images")
+    out = []
+    for i in range(24):
+        category = list(COLOURS)[i % 3]
+        path = root / f"{i}.png"
+        Image.new("RGB", (32, 32), COLOURS[category]).save(path)
+        out.append(
+            Example(
+                str(i), MESSAGES, f"Product: Item {i % 3}, Category: {category}, Full Price: 100.0", str(path)
+            )
+        )
+    return out
+
+
+def fresh_tiny():
+    model, processor, _ = load_model_and_processor(resolve("tiny"), "cpu", load_adapter=False)
+    return model, processor
+
+
+def small_params(**kw) -> TrainParams:
+    base = dict(
+        lr=3e-3,
+        batch_size=4,
+        grad_accum=1,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        warmup_steps=0,
+        bf16=False,
+        gradient_checkpointing=False,
+        modules_to_save=["lm_head", "embed_tokens"],
+        save_steps=2,
+        logging_steps=1,
+        eval_every=0,
+        n_eval=4,
+        max_new_tokens=16,
+    )
+    return TrainParams(**{**base, **kw})
+
+
+def category_hits(ids: list[str], outputs: list[str]) -> dict[str, float]:
+    """A task-free judge: the example's category (every third id shares one) appears in the answer."""
+    categories = list(COLOURS)
+    hits = [categories[int(i) % 3] in out for i, out in zip(ids, outputs, strict=True)]
+    return {"category_exact": sum(hits) / max(len(hits), 1)}
+
+
+def test_the_image_changes_the_loss(examples):
+    model, processor = fresh_tiny()
+    batch = VisionSFTCollator(processor, image_token_ids(model))(
+        [{"messages": e.messages, "target": e.target, "image_path": e.image} for e in examples[:3]]
+    )
+    with torch.no_grad():
+        loss = model(**batch).loss
+        other = dict(
+            batch, pixel_values=batch["pixel_values"].flip(0)
+        )  # each answer paired with another image
+        assert not torch.isclose(model(**other).loss, loss)
+
+
+def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_interrupted_run_resumes_to_the_same_end(examples, tmp_path):
+    model, processor = fresh_tiny()
+    params = small_params(max_steps=4)
+    stopped = train(
+        model,
+        processor,
+        examples,
+        [],
+        output_dir=tmp_path / "a",
+        metrics_fn=category_hits,
+        params=params,
+        callbacks=[_StopAfter(2)],
+    )
+    assert stopped.steps == 2 and (tmp_path / "a" / "checkpoint-2").is_dir()
+    model, processor = fresh_tiny()
+    resumed = train(
+        model,
+        processor,
+        examples,
+        [],
+        output_dir=tmp_path / "a",
+        metrics_fn=category_hits,
+        params=params,
+        resume=True,
+    )
+    assert resumed.steps == 4
+    model, processor = fresh_tiny()
+    straight = train(
+        model, processor, examples, [], output_dir=tmp_path / "b", metrics_fn=category_hits, params=params
+    )
+    assert straight.steps == 4
+    a, b = adapter_weights(tmp_path / "a"), adapter_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:  # same data order, same RNG: resuming changes nothing
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(examples, tmp_path):
+    model, processor = fresh_tiny()
+    with pytest.raises(HarnessError, match="no checkpoint"):
+        train(
+            model,
+            processor,
+            examples,
+            [],
+            output_dir=tmp_path,
+            metrics_fn=category_hits,
+            params=small_params(max_steps=1),
+            resume=True,
+        )
+
+
+def read_wandb_records(path: Path):
+    """Records of an offline run file (LevelDB log framing: 32 KiB blocks, 7-byte record headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, chunk, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the tail of a block too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+        elif kind == 0:
+            break
+    return records
+
+
+def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    model, processor = fresh_tiny()
+    result = train(
+        model,
+        processor,
+        examples,
+        examples[:4],
+        output_dir=tmp_path / "run",
+        metrics_fn=category_hits,
+        params=small_params(max_steps=2, eval_every=1),
+        report_to="wandb",
+        run_config={"task": "demo"},
+    )
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"  # no key and no mode: offline, to sync later
+    assert result.wandb_dir and set(result.metrics) == {"category_exact"}
+    (run_file,) = Path(result.wandb_dir).glob("run-*.wandb")
+    history, config = set(), set()
+    for record in read_wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind in ("config", "run"):  # wandb.init's config rides on the run record
+            update = record.config.update if kind == "config" else record.run.config.update
+            config |= {item.key for item in update}
+    assert {"harness", "params", "learning_rate", "peft_config"} <= config  # ours, the Trainer's, peft's
+    assert {"train/loss", "eval/category_exact", "eval/samples"} <= history
+
+
+def test_leaks_are_refused():
+    def sample(i: str, group: str) -> Sample:
+        return Sample(id=i, image="x.png", truth=Truth(name="n", category="c", price=1.0), group=group)
+
+    check_no_leak([sample("1", "a")], [sample("2", "b")], [sample("3", "c")])
+    with pytest.raises(HarnessError, match="data leak"):
+        check_no_leak([sample("1", "a")], [], [sample("1", "z")])
+    with pytest.raises(HarnessError, match="data leak"):  # another colour of a test product
+        check_no_leak([sample("1", "a")], [sample("2", "c")], [sample("3", "c")])
