@@ -272,7 +272,7 @@ def generate(
 
 
 class GenerationEvalCallback(TrainerCallback):
-    """Every ``every`` steps and at the last step: generate on a fixed validation slice and log metrics_fn.
+    """Every ``params.eval_every`` steps and at the last step: generate on a fixed validation slice, judge it.
 
     The metrics go through ``trainer.log`` as ``eval_<name>`` so every reporter (W&B: ``eval/<name>``)
     sees them next to the loss; with W&B a table of images, truths and predictions is logged too.

@@ -23,6 +23,7 @@ def bench(model_name: str, steps: int, batch_size: int) -> dict:
     samples = task.load("synthetic", "train").samples
     examples = [Example(s.id, task.messages(s), task.target(s), s.image) for s in samples]
     model, processor, device = load_model_and_processor(resolve(model_name), "cpu", load_adapter=False)
+    n_params = count_params(model)  # before peft wraps it (modules_to_save adds copies)
     params = default_params(model, device)
     params.max_steps, params.batch_size, params.grad_accum = steps, batch_size, 1
     params.eval_every, params.n_eval, params.save_steps = 0, 0, 10**9
@@ -34,7 +35,7 @@ def bench(model_name: str, steps: int, batch_size: int) -> dict:
         wall = time.perf_counter() - start
     return {
         "model": model_name,
-        "params_M": count_params(model) / 1e6,
+        "params_M": n_params / 1e6,
         "batch": batch_size,
         "steps": result.steps,
         "trainer_samples_per_s": result.samples_per_s,

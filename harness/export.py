@@ -42,9 +42,8 @@ def export(model_name_or_dir: str | Path, out_dir: str | Path, merge: bool = Tru
         from peft import PeftModel
 
         merged = PeftModel.from_pretrained(model, info.adapter).merge_and_unload()
-        for attr in ("auto_map", "_name_or_path"):  # no pointer back to remote code or the base's location
-            if hasattr(merged.config, attr):
-                delattr(merged.config, attr) if attr == "auto_map" else setattr(merged.config, attr, "")
+        if hasattr(merged.config, "auto_map"):  # no pointer back to a repository's remote code
+            del merged.config.auto_map
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     manifest = Path(info.adapter) / TRAIN_MANIFEST_FILE

@@ -14,7 +14,7 @@ from backends.trl import Example, TrainParams, VisionSFTCollator, _StopAfter, im
 from harness.errors import HarnessError
 from harness.models import resolve
 from harness.schema import Sample, Truth
-from harness.train import check_no_leak
+from harness.train import _newest_unfinished, check_no_leak
 
 MESSAGES = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
@@ -200,7 +200,7 @@ def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monk
     assert os.environ["WANDB_MODE"] == "offline"  # no key and no mode: offline, to sync later
     assert result.wandb_dir and set(result.metrics) == {"category_exact"}
     (run_file,) = Path(result.wandb_dir).glob("run-*.wandb")
-    history, config = set(), set()
+    history, config, tables = set(), set(), []
     for record in read_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
@@ -208,8 +208,13 @@ def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monk
         elif kind in ("config", "run"):  # wandb.init's config rides on the run record
             update = record.config.update if kind == "config" else record.run.config.update
             config |= {item.key for item in update}
-    assert {"harness", "params", "learning_rate", "peft_config"} <= config  # ours, the Trainer's, peft's
-    assert {"train/loss", "eval/category_exact", "eval/samples"} <= history
+        elif kind == "artifact" and record.artifact.type == "run_table":  # a logged table and its media
+            tables.append([c.path for c in record.artifact.manifest.contents])
+    assert {"harness", "params", "learning_rate", "peft_config"} <= config, sorted(
+        config
+    )  # ours, Trainer's, peft's
+    assert {"train/loss", "eval/category_exact", "eval/samples/_type"} <= history, sorted(history)
+    assert any("eval/samples.table.json" in p and any(f.endswith(".png") for f in p) for p in tables), tables
 
 
 def test_leaks_are_refused():
@@ -221,3 +226,17 @@ def test_leaks_are_refused():
         check_no_leak([sample("1", "a")], [], [sample("1", "z")])
     with pytest.raises(HarnessError, match="data leak"):  # another colour of a test product
         check_no_leak([sample("1", "a")], [sample("2", "c")], [sample("3", "c")])
+
+
+def test_resume_picks_the_newest_unfinished_run(tmp_path):
+    for name, finished in [
+        ("tiny-20250101-000000", False),
+        ("tiny-20250102-000000", False),
+        ("tiny-20250103-000000", True),
+    ]:
+        (tmp_path / name / "checkpoint-2").mkdir(parents=True)
+        if finished:
+            (tmp_path / name / "harness-train.json").write_text("{}")
+    (tmp_path / "tiny-20250104-000000").mkdir()  # started, no checkpoint yet: nothing to resume
+    assert _newest_unfinished(tmp_path, "tiny") == tmp_path / "tiny-20250102-000000"
+    assert _newest_unfinished(tmp_path, "phi-3-vision") is None
