@@ -30,6 +30,9 @@ MetricsFn = Callable[[list[str], list[str]], dict[str, float]]
 
 # LoRA targets by family: the attention and MLP projections of the text model.
 PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+PROJECTOR_TARGETS = (r"img_projection\.[02]", r"multi_modal_projector\.linear_[12]")
+# CLIP's own linears (the CookBook's optional vision targets).
+VISION_TARGETS = (r"(vision_model|vision_tower)\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)",)
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Below this many parameters a model counts as a tiny, randomly initialised test model.
 TINY_PARAMS = 50_000_000
@@ -64,6 +67,8 @@ class TrainParams:
     bf16: bool = True
     gradient_checkpointing: bool = True
     modules_to_save: list[str] | None = None
+    lora_projector: bool = False  # also LoRA on the image projector (the CookBook's img_projection.0/.2)
+    lora_vision: bool = False  # also LoRA on the vision tower's linears
     save_steps: int = 200
     save_total_limit: int | None = 2
     logging_steps: int = 10
@@ -101,7 +106,10 @@ def default_params(model: torch.nn.Module, device: str) -> TrainParams:
             warmup_steps=5,
             bf16=False,
             gradient_checkpointing=False,
-            modules_to_save=_present(model, ("lm_head", "embed_tokens")),
+            modules_to_save=_embedding_paths(model),
+            # Random frozen image features and projector hide the image from a random text model.
+            lora_projector=True,
+            lora_vision=True,
             save_steps=50,
             logging_steps=5,
             eval_every=50,
@@ -111,13 +119,19 @@ def default_params(model: torch.nn.Module, device: str) -> TrainParams:
     return TrainParams(bf16=bf16, gradient_checkpointing=cuda)
 
 
-def _present(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
-    leaf = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [n for n in names if n in leaf]
+def _embedding_paths(model: torch.nn.Module) -> list[str]:
+    """Full module paths of the text model's input embedding and output head.
+
+    Full paths, because peft matches modules_to_save by suffix: a bare "embed_tokens" also catches
+    Phi-3-V's ``vision_embed_tokens`` (the whole vision tower).
+    """
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return [name for name, module in model.named_modules() if id(module) in wanted]
 
 
-def lora_target_regex(model: torch.nn.Module) -> str:
-    """The text model's attention and MLP projections, found by the module names present.
+def lora_target_regex(model: torch.nn.Module, *, projector: bool = False, vision: bool = False) -> str:
+    """The text model's attention and MLP projections (and with ``projector``, the image projector's
+    linears), found by the module names present.
 
     A regex (peft fullmatches it) rather than bare names, so the vision tower's own q_proj/k_proj/...
     are left alone: it is pretrained and the image features stay as the base model made them.
@@ -129,7 +143,9 @@ def lora_target_regex(model: torch.nn.Module) -> str:
         raise HarnessError(
             f"no LoRA target modules found in {type(model).__name__} (looked for {', '.join(family)})"
         )
-    return rf"^(?!.*(vision|img_)).*\.({'|'.join(found)})$"
+    extra = (PROJECTOR_TARGETS if projector else ()) + (VISION_TARGETS if vision else ())
+    text = rf"(?!.*(vision|img_)).*\.({'|'.join(found)})"
+    return rf"^({text}|.*\.({'|'.join(extra)}))$" if extra else f"^{text}$"
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -479,7 +495,7 @@ def train(
         r=params.lora_r,
         lora_alpha=params.lora_alpha,
         lora_dropout=params.lora_dropout,
-        target_modules=lora_target_regex(model),
+        target_modules=lora_target_regex(model, projector=params.lora_projector, vision=params.lora_vision),
         modules_to_save=params.modules_to_save,
         task_type="CAUSAL_LM",
     )

@@ -53,9 +53,14 @@ def run_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Generation budget per sample.")] = 64,
     revision: Annotated[str | None, typer.Option(help="Model revision (hub ids).")] = None,
     trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Run the model repository's own code (needs a pinned revision).")
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Run the model repository's own code (needs a pinned revision)."
+        ),
     ] = False,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")
+    ] = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped."""
     from harness.errors import HarnessError
@@ -82,25 +87,39 @@ def run_cmd(
     typer.echo(f"run directory: {run_dir}")
 
 
-
 @app.command("train")
 def train_cmd(
     backend: Annotated[str, typer.Option(help="Training backend.")] = "trl",
-    model: Annotated[str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")] = "base",
+    model: Annotated[
+        str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")
+    ] = "base",
     task: Annotated[str, typer.Option(help="Task whose train split is used.")] = "burberry",
     data: Annotated[str, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL.")] = "hub",
     epochs: Annotated[float | None, typer.Option(help="Epochs (default: 1 for real models).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")
+    ] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Per-device batch size.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit QLoRA (needs a CUDA GPU + bitsandbytes).")] = False,
+    qlora: Annotated[
+        bool, typer.Option("--qlora", help="4-bit QLoRA (needs a CUDA GPU + bitsandbytes).")
+    ] = False,
     output_dir: Annotated[Path | None, typer.Option(help="Default: outputs/train/<model>-<time>.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")
+    ] = False,
     report_to: Annotated[str, typer.Option(help="none | wandb (offline without an API key).")] = "none",
     seed: Annotated[int, typer.Option(help="Seed of training and of the split.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training samples.")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Generate on the validation slice every N steps.")
+    ] = None,
+    n_eval: Annotated[int | None, typer.Option(help="Size of that validation slice.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")
+    ] = None,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
     from harness.errors import HarnessError
@@ -128,6 +147,9 @@ def train_cmd(
             report_to=report_to,
             seed=seed,
             limit=limit,
+            eval_every=eval_every,
+            n_eval=n_eval,
+            device=device,
         )
     except HarnessError as err:
         fail(str(err))
@@ -136,9 +158,13 @@ def train_cmd(
 
 @app.command("export")
 def export_cmd(
-    model: Annotated[str, typer.Argument(help="A tuned model name (e.g. tiny-phi3v-tuned) or adapter directory.")],
+    model: Annotated[
+        str, typer.Argument(help="A tuned model name (e.g. tiny-phi3v-tuned) or adapter directory.")
+    ],
     out: Annotated[Path, typer.Option(help="Directory to write the standalone model to.")],
-    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge the LoRA adapter into the base.")] = True,
+    merge: Annotated[
+        bool, typer.Option("--merge/--no-merge", help="Merge the LoRA adapter into the base.")
+    ] = True,
 ) -> None:
     """Write a standalone model directory that loads without remote code."""
     from harness.errors import HarnessError
@@ -159,7 +185,9 @@ def report_cmd(
     data: Annotated[str | None, typer.Option(help="Only runs on this data source.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("runs"),
     out: Annotated[Path | None, typer.Option(help="Markdown path (default reports/A-vs-B.md).")] = None,
-    wandb: Annotated[bool, typer.Option("--wandb", help="Also log a W&B run (offline without an API key).")] = False,
+    wandb: Annotated[
+        bool, typer.Option("--wandb", help="Also log a W&B run (offline without an API key).")
+    ] = False,
     fail_if_worse: Annotated[
         list[str] | None, typer.Option(help="Exit 1 when B is significantly worse than A on this metric.")
     ] = None,
@@ -170,7 +198,14 @@ def report_cmd(
 
     try:
         result = make_report(
-            a, b, task=task, data=data, runs_dir=runs_dir, out=out, wandb=wandb, fail_if_worse=fail_if_worse or []
+            a,
+            b,
+            task=task,
+            data=data,
+            runs_dir=runs_dir,
+            out=out,
+            wandb=wandb,
+            fail_if_worse=fail_if_worse or [],
         )
     except HarnessError as err:
         fail(str(err))
@@ -181,7 +216,9 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Where runs/, outputs/ and reports/ go.")] = Path("."),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster demo (used by the tests).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller, faster demo (used by the tests).")
+    ] = False,
 ) -> None:
     """The whole job offline on a CPU: tiny Phi-3-Vision, evaluate, fine-tune, evaluate, report."""
     from harness.demo import run_demo

@@ -8,6 +8,7 @@ split and writes a comparison report with plots.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -28,7 +29,9 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     runs_dir = workdir / "runs"
     started = time.perf_counter()
     limit = 48 if quick else None
-    eval_kwargs = dict(task="burberry", data=DATA, split="test", limit=limit, batch_size=16, output_dir=runs_dir)
+    eval_kwargs = dict(
+        task="burberry", data=DATA, split="test", limit=limit, batch_size=16, output_dir=runs_dir
+    )
 
     console.rule("[bold]1/4  evaluate the base model")
     base_run = run_eval(model=MODEL, **eval_kwargs)
@@ -38,7 +41,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
         model=MODEL,
         task="burberry",
         data=DATA,
-        output_dir=workdir / "outputs" / "train" / f"{MODEL}-demo",
+        output_dir=workdir / "outputs" / "train" / f"{MODEL}-{datetime.now():%Y%m%d-%H%M%S}",
         max_steps=60 if quick else None,
         resume=False,
     )

@@ -14,13 +14,14 @@ MARKER = ".tiny-phi3v-complete"
 SEED = 0
 
 # Official layout (top-level Phi-3 text keys, "su" LongRoPE, img_processor/embd_layer), tiny sizes.
-# head_dim 16 -> 8 rope factors: every 6th factor of the real model's 48.
+# head_dim 32 -> 16 rope factors: every 3rd factor of the real model's 48. Sized so that a short CPU
+# fine-tune learns the synthetic catalog (at hidden 64 / vision 32 it barely learned the categories).
 TINY_CONFIG = {
     "architectures": ["Phi3VForCausalLM"],
     "model_type": "phi3_v",
     "vocab_size": 32064,
-    "hidden_size": 64,
-    "intermediate_size": 128,
+    "hidden_size": 128,
+    "intermediate_size": 256,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
@@ -31,26 +32,43 @@ TINY_CONFIG = {
     "rope_theta": 10000.0,
     "rope_scaling": {
         "type": "su",
-        "short_factor": [1.05, 1.25, 1.9, 2.0, 2.0, 2.0, 2.35, 2.7],
-        "long_factor": [1.03, 1.3, 3.69, 15.66, 30.01, 56.2, 61.96, 63.85],
+        "short_factor": [1.05, 1.1, 1.25, 1.45, 1.9, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.1, 2.35, 2.4, 2.7, 3.05],
+        "long_factor": [
+            1.03,
+            1.08,
+            1.3,
+            1.65,
+            3.69,
+            5.49,
+            15.66,
+            18.36,
+            30.01,
+            35.56,
+            56.2,
+            59.77,
+            61.96,
+            63.48,
+            63.85,
+            64.8,
+        ],
     },
     "sliding_window": 131072,
     "bos_token_id": 1,
     "eos_token_id": 2,
     "pad_token_id": 32000,
     "tie_word_embeddings": False,
-    "img_processor": {"name": "clip_vision_model", "num_img_tokens": 4, "image_dim_out": 32},
+    "img_processor": {"name": "clip_vision_model", "num_img_tokens": 4, "image_dim_out": 64},
     "embd_layer": {"embedding_cls": "image", "hd_transform_order": "sub_glb", "use_hd_transform": True},
     "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "hidden_size": 64,
+        "intermediate_size": 128,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "patch_size": 8,
         "image_size": 32,
         "hidden_act": "quick_gelu",
         "layer_norm_eps": 1e-5,
-        "projection_dim": 32,
+        "projection_dim": 64,
     },
 }
 TINY_NUM_CROPS = 4
