@@ -42,7 +42,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
         task="burberry",
         data=DATA,
         output_dir=workdir / "outputs" / "train" / f"{MODEL}-{datetime.now():%Y%m%d-%H%M%S}",
-        max_steps=60 if quick else None,
+        max_steps=120 if quick else None,
         resume=False,
     )
 
