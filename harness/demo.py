@@ -20,6 +20,7 @@ DATA = "synthetic"
 
 def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     """Run every step, printing where each result lands; returns those paths."""
+    from harness.models import resolve
     from harness.runner import run_eval
     from harness.train import train_cmd_impl
     from reports.report import make_report
@@ -47,7 +48,9 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     )
 
     console.rule("[bold]3/4  evaluate the tuned model on the same test split")
-    tuned_run = run_eval(model=str(tuned), **eval_kwargs)
+    # Named like the alias `harness run --model tiny-phi3v-tuned` resolves to, wherever --workdir is.
+    tuned_info = resolve(str(tuned)).model_copy(update={"name": f"{MODEL}-tuned"})
+    tuned_run = run_eval(model=tuned_info, **eval_kwargs)
 
     console.rule("[bold]4/4  compare")
     result = make_report(str(base_run), str(tuned_run), task="burberry", out=workdir / "reports" / "demo.md")

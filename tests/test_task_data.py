@@ -179,3 +179,26 @@ def test_split_is_stable_grouped_and_proportioned():
     assert [split_of(g, 0) for g in groups] == [split_of(g, 0) for g in groups]
     assert [split_of(g, 0) for g in groups] != [split_of(g, 1) for g in groups]  # the seed matters
     assert normalise("Check  Cashmere-Scarf ") == normalise("check cashmere scarf")
+
+
+def test_unchanged_local_table_is_reused_and_a_changed_image_reloads(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    df = _write_catalog(folder).iloc[10:]  # only good rows: nothing excluded
+    path = folder / "catalog.csv"
+    df.to_csv(path, index=False)
+    task = BurberryTask()
+    first = task.load(str(path), "train", cache_dir=tmp_path / "cache")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the table was read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "read_table", no_reading)
+        again = task.load(str(path), "train", cache_dir=tmp_path / "cache")
+    assert again.samples == first.samples and again.info == first.info
+
+    changed = first.samples[0].image
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(changed)  # new bytes: the fingerprint must follow
+    reloaded = task.load(str(path), "train", cache_dir=tmp_path / "cache")
+    assert reloaded.info.fingerprint != first.info.fingerprint
