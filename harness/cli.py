@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,17 @@ def fail(message: str) -> None:
     """One clear line on stderr and a non-zero exit: how every user error ends."""
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors():
+    """Turn a HarnessError (bad input, named file/row/field) into `fail`'s one line."""
+    from harness.errors import HarnessError
+
+    try:
+        yield
+    except HarnessError as err:
+        fail(str(err))
 
 
 @app.command("tasks")
@@ -63,10 +75,9 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped."""
-    from harness.errors import HarnessError
     from harness.runner import run_eval
 
-    try:
+    with user_errors():
         run_dir = run_eval(
             task=task,
             model=model,
@@ -82,8 +93,6 @@ def run_cmd(
             trust_remote_code=trust_remote_code,
             device=device,
         )
-    except HarnessError as err:
-        fail(str(err))
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -122,7 +131,6 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
-    from harness.errors import HarnessError
 
     if backend != "trl":
         fail(f"unknown training backend {backend!r}; valid backends: trl")
@@ -130,7 +138,7 @@ def train_cmd(
         fail(f"--report-to must be none or wandb, not {report_to!r}")
     from harness.train import train_cmd_impl
 
-    try:
+    with user_errors():
         out = train_cmd_impl(
             model=model,
             task=task,
@@ -151,8 +159,6 @@ def train_cmd(
             n_eval=n_eval,
             device=device,
         )
-    except HarnessError as err:
-        fail(str(err))
     typer.echo(f"trained model: {out}")
 
 
@@ -167,13 +173,10 @@ def export_cmd(
     ] = True,
 ) -> None:
     """Write a standalone model directory that loads without remote code."""
-    from harness.errors import HarnessError
     from harness.export import export
 
-    try:
+    with user_errors():
         path = export(model, out, merge=merge)
-    except HarnessError as err:
-        fail(str(err))
     typer.echo(f"exported: {path}")
 
 
@@ -193,10 +196,9 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Compare two runs on the same test set (or describe one run)."""
-    from harness.errors import HarnessError
     from reports.report import make_report
 
-    try:
+    with user_errors():
         result = make_report(
             a,
             b,
@@ -207,8 +209,6 @@ def report_cmd(
             wandb=wandb,
             fail_if_worse=fail_if_worse or [],
         )
-    except HarnessError as err:
-        fail(str(err))
     typer.echo(f"report: {result.markdown}")
     raise typer.Exit(result.exit_code)
 
@@ -222,12 +222,9 @@ def demo_cmd(
 ) -> None:
     """The whole job offline on a CPU: tiny Phi-3-Vision, evaluate, fine-tune, evaluate, report."""
     from harness.demo import run_demo
-    from harness.errors import HarnessError
 
-    try:
+    with user_errors():
         run_demo(workdir, quick=quick)
-    except HarnessError as err:
-        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models are latency-bound: two OpenMP threads competing with pytest on 2 cores run 10-50x slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def harness_cache(tmp_path_factory):
     """One cache per test session: tiny models and the synthetic catalog are built once, never in ~/.cache."""
     path = tmp_path_factory.mktemp("harness-cache")

@@ -18,17 +18,6 @@ from harness.schema import ModelInfo
 CORPUS = [f"Check Scarf {i} Accessories ${i * 10}.00" for i in range(200)] + ["0123456789 .,$:"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy 2-core machine they make it 10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> ModelInfo:
     return resolve("tiny")

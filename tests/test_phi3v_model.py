@@ -26,15 +26,6 @@ if not HUB.exists():
 INDEX_KEYS = set(json.loads((HUB / "model.safetensors.index.json").read_text())["weight_map"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized matmuls: extra OpenMP threads only add spin-wait, badly so on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_phi3v(tmp_path_factory.mktemp("phi3v") / "tiny-phi3v")

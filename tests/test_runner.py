@@ -19,17 +19,6 @@ from harness.store import load_run
 from tasks.base import TaskData
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy 2-core machine they make it 10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class FakeTask:
     """A task whose data lives in ``source`` (a directory of PNGs it writes itself)."""
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_runner import FakeTask, one_thread  # noqa: F401 - tests/ is on sys.path; one_thread is autouse
+from test_runner import FakeTask  # tests/ is on sys.path
 
 from harness.models import resolve
 from harness.runner import run_eval

@@ -15,18 +15,6 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and two spinning OpenMP threads on a busy 2-core machine
-    run 10-50x slower than one."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 TARGETS = [
     "Product: Cotton Shorts, Category: SKIRTS & TROUSERS, Full Price: 300.0",
     "Product: Nubuck Trek Boots, Category: BOOTS, Full Price: 1190.0",

@@ -15,18 +15,6 @@ from harness.schema import TRAIN_MANIFEST_FILE, RunMetrics, TrainManifest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and two spinning OpenMP threads on a busy 2-core machine
-    run 10-50x slower than one."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A working directory of its own: outputs/train/ and runs/ land there."""

@@ -21,18 +21,6 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and two spinning OpenMP threads on a busy 2-core machine
-    run 10-50x slower than one."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 COLOURS = {"BOOTS": (200, 30, 30), "COATS": (30, 200, 30), "BAGS": (30, 30, 200)}
 
 

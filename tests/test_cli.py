@@ -1,0 +1,38 @@
+"""The command line's fast paths and its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+
+def test_help_tasks_and_models_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from harness.cli import app\n"
+        "for args in (['--help'], ['tasks'], ['models']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "    print(result.output)\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False False")
+    assert "burberry" in out and "phi-3-vision" in out and "tiny-phi3v" in out
+
+
+def test_unknown_names_get_one_line_listing_the_valid_ones():
+    runner = CliRunner()
+    task = runner.invoke(app, ["run", "--task", "nope", "--model", "tiny", "--data", "synthetic"])
+    assert task.exit_code == 2
+    assert task.output.strip().splitlines() == ["error: unknown task 'nope'; valid tasks: burberry"]
+    model = runner.invoke(app, ["run", "--model", "no-such-model", "--data", "synthetic"])
+    assert model.exit_code == 2 and "valid:" in model.output and "tiny-phi3v" in model.output
+    assert len(model.output.strip().splitlines()) == 1
+    backend = runner.invoke(app, ["train", "--backend", "deepspeed"])
+    assert backend.exit_code == 2 and "valid backends: trl" in backend.output
