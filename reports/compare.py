@@ -1,6 +1,7 @@
 """Reading run directories and comparing two runs sample by sample.
 
-Only ``harness.schema`` is imported from the project: a report can be made without torch.
+Only ``harness.schema`` and the run store's reader are imported from the project: a report can be
+made without torch.
 
 Statistics (all paired by sample id, difference = B - A):
 
@@ -16,17 +17,17 @@ Statistics (all paired by sample id, difference = B - A):
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 from scipy import stats
 
 from harness.errors import HarnessError
-from harness.schema import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, Record, RunConfig, RunMetrics
+from harness.schema import PREDICTIONS_FILE, Record, RunConfig, RunMetrics
+from harness.store import load_run
 
 N_BOOT = 10_000
 SEED = 0
@@ -80,51 +81,32 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Parse config.json, predictions.jsonl and (if the run finished) metrics.json.
+    """A run directory through the run store's own reader (the one the runner resumes with).
 
-    A torn last line of predictions.jsonl (a crash mid-append) is dropped; a bad line elsewhere is
-    corruption and raises. When a sample id repeats (a resumed run), the last record wins.
+    A torn last line of predictions.jsonl (a crash mid-append) is dropped and flagged; a bad line
+    elsewhere is corruption and raises. When a sample id repeats, the first record counts, as in the
+    run's metrics.json.
     """
     path = Path(path)
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise HarnessError(f"{config_file}: not a run directory (no {CONFIG_FILE})")
-    config = _parse(config_file, RunConfig)
-    metrics = _parse(path / METRICS_FILE, RunMetrics) if (path / METRICS_FILE).is_file() else None
+    config, records, metrics = load_run(path)
     pred_file = path / PREDICTIONS_FILE
     if not pred_file.is_file():
         raise HarnessError(f"{pred_file}: missing (the run wrote no predictions)")
-    lines = pred_file.read_text(encoding="utf-8").split("\n")
-    torn = False
     by_id: dict[str, Record] = {}
-    count = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = Record.model_validate_json(line)
-        except ValidationError as err:
-            if number == len(lines):  # no newline after it: the writer died mid-line
-                torn = True
-                continue
-            raise HarnessError(f"{pred_file}:{number}: not a valid record ({_first_error(err)})") from None
-        by_id[record.id] = record
-        count += 1
-    return Run(path, config, list(by_id.values()), metrics, torn, count - len(by_id))
+    for record in records:
+        by_id.setdefault(record.id, record)
+    return Run(
+        path, config, list(by_id.values()), metrics, _ends_mid_line(pred_file), len(records) - len(by_id)
+    )
 
 
-def _parse(file: Path, model):
-    try:
-        return model.model_validate_json(file.read_text(encoding="utf-8"))
-    except (ValidationError, json.JSONDecodeError) as err:
-        raise HarnessError(f"{file}: not a valid {model.__name__} ({_first_error(err)})") from None
-
-
-def _first_error(err: Exception) -> str:
-    if isinstance(err, ValidationError) and err.errors():
-        first = err.errors()[0]
-        return f"field {'.'.join(str(p) for p in first['loc']) or '<root>'}: {first['msg']}"
-    return str(err).splitlines()[0]
+def _ends_mid_line(file: Path) -> bool:
+    """The writer died mid-append: the file does not end with a newline."""
+    with open(file, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def why_not_comparable(a: Run, b: Run) -> str | None:

@@ -135,5 +135,5 @@ def test_torn_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_path
     lines = (bad / "predictions.jsonl").read_text().splitlines()
     lines[2] = '{"id": "s002", "image": 3'
     (bad / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(HarnessError, match=r"predictions.jsonl:3: not a valid record"):
+    with pytest.raises(HarnessError, match=r"predictions.jsonl, line 3: not a valid record"):
         read_run(bad)
