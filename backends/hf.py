@@ -2,15 +2,15 @@
 
 Loads a hub id or a local directory through the Auto classes (or the native Phi-3-Vision backend),
 optionally with a peft LoRA adapter on top. Knows nothing about any task: prompts and images in,
-text out.
+text out. The caller (harness.models) has already applied the remote-code policy.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends.base import Generation
 from harness.errors import HarnessError
 from harness.schema import ModelInfo
 
@@ -18,16 +18,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 END_TOKENS = ("<|end|>", "<|endoftext|>")  # Phi-3 style turn / text ends, used when the vocab has them
-_SHA = re.compile(r"^[0-9a-f]{7,40}$")
-
-
-def check_remote_code(info: ModelInfo) -> None:
-    """Running a repository's own code is only allowed at a pinned revision (a commit, not a branch)."""
-    if info.trust_remote_code and (not info.revision or info.revision in {"main", "master"}):
-        raise HarnessError(
-            f"model {info.name!r}: --trust-remote-code runs code from {info.path!r} and needs a pinned "
-            "--revision (a commit sha), so that the code cannot change under you"
-        )
 
 
 def pick_device(device: str | None = None) -> str:
@@ -85,7 +75,6 @@ def load_model_and_processor(
 
     ``load_adapter=False`` returns the bare base even when ``model_info.adapter`` is set.
     """
-    check_remote_code(model_info)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     source = model_info.path
@@ -95,7 +84,11 @@ def load_model_and_processor(
 
             local = source if Path(source).is_dir() else _download(source, model_info.revision)
             model, processor = phi3v.load(
-                local, dtype=torch_dtype, device=device, num_crops=model_info.num_crops
+                local,
+                dtype=torch_dtype,
+                device=device,
+                num_crops=model_info.num_crops,
+                attn_implementation=model_info.attn_implementation,
             )
         else:
             from transformers import AutoProcessor
@@ -105,7 +98,9 @@ def load_model_and_processor(
                 kwargs["trust_remote_code"] = True
             extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
             processor = AutoProcessor.from_pretrained(source, **kwargs, **extra)
-            model = _auto_class(model_info).from_pretrained(source, dtype=torch_dtype, **kwargs)
+            model = _auto_class(model_info).from_pretrained(
+                source, dtype=torch_dtype, attn_implementation=model_info.attn_implementation, **kwargs
+            )
             model.to(device)
     except (OSError, ValueError) as err:  # hub errors (offline, missing repo) are OSErrors too
         raise HarnessError(f"cannot load model {model_info.name!r} from {source!r}: {err}") from err
@@ -127,8 +122,9 @@ def _with_adapter(model, adapter: str):
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise HarnessError(f"adapter {adapter!r}: no adapter_config.json (not a peft adapter directory)")
-    # Merged: same outputs as the unmerged adapter, no LoRA overhead per token.
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    # Unmerged, as the training callback saw it: merging into bf16 weights rounds away every LoRA
+    # delta below half a bf16 ulp, so the tuned model would be measured as something it is not.
+    return PeftModel.from_pretrained(model, adapter)
 
 
 class HFGenerator:
@@ -159,7 +155,19 @@ class HFGenerator:
     def render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def generate(self, prompts: list[str], images: list[Image.Image], max_new_tokens: int) -> list[str]:
+    def release_memory(self) -> None:
+        """After an out-of-memory error: hand the allocator's cached blocks back before a smaller batch."""
+        import torch
+
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(
+        self, prompts: list[str], images: list[Image.Image], max_new_tokens: int
+    ) -> list[Generation]:
         import torch
 
         if len(prompts) != len(images):
@@ -186,7 +194,14 @@ class HFGenerator:
                 pad_token_id=self.pad_id,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        stops = torch.isin(new_tokens, torch.tensor(self.stop_ids, device=new_tokens.device))
+        results = []
+        for text, row in zip(texts, stops.tolist(), strict=True):
+            # A row that never produced an end token ran out of budget: it is a truncated answer.
+            end = row.index(True) + 1 if True in row else None
+            results.append(Generation(text.strip(), end or len(row), "end" if end else "length"))
+        return results
 
 
 def load_generator(model_info: ModelInfo, device: str | None = None, dtype: Any = None) -> HFGenerator:

@@ -59,10 +59,18 @@ def run_cmd(
     split: Annotated[str, typer.Option(help="train | validation | test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Generation batch size (outputs do not depend on it).")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the synthetic catalog.")] = 0,
     output_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming.")] = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Generation budget per sample.")] = 64,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(help="Generation budget per sample (default: the task's longest target + 25 % + 8)."),
+    ] = None,
+    max_error_rate: Annotated[
+        float, typer.Option(help="Above this share of errored samples the run is incomplete (exit 1).")
+    ] = 0.05,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU).")
+    ] = None,
     revision: Annotated[str | None, typer.Option(help="Model revision (hub ids).")] = None,
     trust_remote_code: Annotated[
         bool,
@@ -74,8 +82,9 @@ def run_cmd(
         str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")
     ] = None,
 ) -> None:
-    """Evaluate a model on a task; resumes where an interrupted run stopped."""
+    """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     from harness.runner import run_eval
+    from harness.store import RunStore
 
     with user_errors():
         run_dir = run_eval(
@@ -85,15 +94,18 @@ def run_cmd(
             split=split,
             limit=limit,
             batch_size=batch_size,
-            seed=seed,
             output_dir=output_dir,
             fresh=fresh,
             max_new_tokens=max_new_tokens,
             revision=revision,
             trust_remote_code=trust_remote_code,
             device=device,
+            dtype=dtype,
+            max_error_rate=max_error_rate,
         )
     typer.echo(f"run directory: {run_dir}")
+    if RunStore(run_dir).finished() is None:  # written, but incomplete: its numbers are not final
+        raise typer.Exit(1)
 
 
 @app.command("train")
@@ -119,8 +131,11 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a finished adapter in --output-dir.")
+    ] = False,
     report_to: Annotated[str, typer.Option(help="none | wandb (offline without an API key).")] = "none",
-    seed: Annotated[int, typer.Option(help="Seed of training and of the split.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of training (the split is the task's own).")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training samples.")] = None,
     eval_every: Annotated[
         int | None, typer.Option(help="Generate on the validation slice every N steps.")
@@ -152,6 +167,7 @@ def train_cmd(
             qlora=qlora,
             output_dir=output_dir,
             resume=resume,
+            overwrite=overwrite,
             report_to=report_to,
             seed=seed,
             limit=limit,
@@ -194,20 +210,30 @@ def report_cmd(
     fail_if_worse: Annotated[
         list[str] | None, typer.Option(help="Exit 1 when B is significantly worse than A on this metric.")
     ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Report unfinished or incomplete runs too.")
+    ] = False,
 ) -> None:
-    """Compare two runs on the same test set (or describe one run)."""
+    """Compare two runs on the same test set (or describe one run).
+
+    A and B are run directories or model names, resolved exactly as `harness run --model` does.
+    """
+    from harness.models import find_runs
     from reports.report import make_report
+
+    def runs_of(value: str):
+        if (Path(value) / "config.json").is_file() and (Path(value) / "predictions.jsonl").exists():
+            return Path(value)
+        return find_runs(value, task=task, data=data, runs_dir=runs_dir)
 
     with user_errors():
         result = make_report(
-            a,
-            b,
-            task=task,
-            data=data,
-            runs_dir=runs_dir,
+            runs_of(a),
+            runs_of(b) if b is not None else None,
             out=out,
             wandb=wandb,
             fail_if_worse=fail_if_worse or [],
+            allow_incomplete=allow_incomplete,
         )
     typer.echo(f"report: {result.markdown}")
     raise typer.Exit(result.exit_code)

@@ -53,7 +53,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     tuned_run = run_eval(model=tuned_info, **eval_kwargs)
 
     console.rule("[bold]4/4  compare")
-    result = make_report(str(base_run), str(tuned_run), task="burberry", out=workdir / "reports" / "demo.md")
+    result = make_report(base_run, tuned_run, out=workdir / "reports" / "demo.md")
 
     wall = time.perf_counter() - started
     paths = {"base run": base_run, "tuned model": tuned, "tuned run": tuned_run, "report": result.markdown}

@@ -11,11 +11,17 @@ working directory overrides aliases, revisions and the training output directory
     [paths]
     train_dir = "outputs/train"
 
+:func:`resolve` says what a name means; :func:`pin` turns that into an identity that cannot drift:
+a hub id's revision resolved to its commit sha, a local model or adapter directory identified by
+the hash of its contents. A run's identity (harness.store.run_key) is made of pinned ModelInfo.
+
 Nothing here imports torch at module level: ``harness --help`` and ``harness models`` stay fast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -39,12 +45,20 @@ PHI3_VISION_REVISION = "main"
 PHI35_VISION_REVISION = "main"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A training output is named <base stem>-YYYYmmdd-HHMMSS: matched exactly, so "tiny" never
+# claims "tiny-phi3v-20260101-000000".
+TRAIN_STAMP = r"-\d{8}-\d{6}"
+
+
+def train_output_re(stem: str) -> re.Pattern[str]:
+    return re.compile(re.escape(stem) + TRAIN_STAMP + "$")
 
 
 @dataclass(frozen=True)
 class Builtin:
     description: str
-    path: str | Callable[[], Path]  # hub id, or a builder returning a local directory
+    path: str | Callable[[Path], Path]  # hub id, or a builder of the local directory it is given
     family: str = "hf"
     revision: str | None = None
     num_crops: int | None = None
@@ -67,17 +81,16 @@ def _tiny_corpus() -> Iterator[str]:
         yield from ["Burberry Check Cotton Scarf", "Accessories", "Vintage Check Trench Coat", "Outerwear"]
 
 
-def _build_tiny() -> Path:
+def _build_tiny(path: Path) -> Path:
     from backends.tiny import build_tiny, is_built
 
-    path = cache_dir() / "models" / "tiny"
     return path if is_built(path) else build_tiny(path, _tiny_corpus())
 
 
-def _build_tiny_phi3v() -> Path:
+def _build_tiny_phi3v(path: Path) -> Path:
     from backends.phi3v.tiny import build_tiny_phi3v
 
-    return Path(build_tiny_phi3v(cache_dir() / "models" / "tiny-phi3v"))
+    return Path(build_tiny_phi3v(path))
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -160,7 +173,8 @@ def _read_manifest(path: Path) -> TrainManifest:
         raise HarnessError(f"{path}: not a valid {TRAIN_MANIFEST_FILE}: {err}".splitlines()[0]) from err
 
 
-def _tuned(name: str, base: str, settings: Settings) -> ModelInfo:
+def _tuned(name: str, base: str, settings: Settings, build: bool = True) -> ModelInfo:
+    # The manifest names its base exactly: "tiny" never claims an output of "tiny-phi3v".
     outputs = [(d, m) for d, m in train_outputs(settings) if m.base_model == base]
     if not outputs:
         raise HarnessError(
@@ -168,12 +182,17 @@ def _tuned(name: str, base: str, settings: Settings) -> ModelInfo:
             f"(no */{TRAIN_MANIFEST_FILE} with base_model={base!r}); train one first"
         )
     adapter_dir, manifest = outputs[-1]
-    return _on_base(adapter_dir, manifest, settings)
+    return _on_base(adapter_dir, manifest, settings, build)
 
 
-def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings) -> ModelInfo:
+def train_stem(base: str) -> str:
+    """The directory-name stem of training outputs of ``base``: a local path's name, a hub id's org--name."""
+    return Path(base).name if Path(base).exists() else base.replace("/", "--")
+
+
+def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings, build: bool = True) -> ModelInfo:
     if manifest.base_model in BUILTINS:
-        info = _builtin(manifest.base_model, settings)
+        info = _builtin(manifest.base_model, settings, build)
     else:
         info = ModelInfo(name=manifest.base_model, path=manifest.base_path, family=manifest.family)
     update = {"adapter": str(adapter_dir.resolve())}
@@ -182,16 +201,20 @@ def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings) -> 
     return info.model_copy(update=update)
 
 
-def _builtin(name: str, settings: Settings) -> ModelInfo:
+def _builtin(name: str, settings: Settings, build: bool = True) -> ModelInfo:
     spec = BUILTINS[name]
-    path = spec.path if isinstance(spec.path, str) else str(spec.path())
+    if isinstance(spec.path, str):
+        path = spec.path
+    else:  # built offline into the cache; a lookup (build=False) only needs where
+        local = cache_dir() / "models" / name
+        path = str(spec.path(local) if build else local)
     revision = settings.revisions.get(name, spec.revision)
     return ModelInfo(name=name, path=path, family=spec.family, revision=revision, num_crops=spec.num_crops)
 
 
-def _local(path: Path, settings: Settings) -> ModelInfo:
+def _local(path: Path, settings: Settings, build: bool = True) -> ModelInfo:
     if (path / TRAIN_MANIFEST_FILE).is_file():  # a training output: its adapter on its base
-        return _on_base(path, _read_manifest(path / TRAIN_MANIFEST_FILE), settings)
+        return _on_base(path, _read_manifest(path / TRAIN_MANIFEST_FILE), settings, build)
     family = "hf"
     try:
         from backends.phi3v import is_phi3v_dir
@@ -202,16 +225,21 @@ def _local(path: Path, settings: Settings) -> ModelInfo:
     return ModelInfo(name=str(path), path=str(path.resolve()), family=family)
 
 
-def resolve(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelInfo:
-    """What ``--model name`` loads. Unknown names raise a HarnessError listing the valid ones."""
+def resolve(
+    name: str, revision: str | None = None, trust_remote_code: bool = False, *, build: bool = True
+) -> ModelInfo:
+    """What ``--model name`` loads. Unknown names raise a HarnessError listing the valid ones.
+
+    ``build=False`` (finding a model's runs) never builds a tiny model, only says where it lives.
+    """
     settings = load_settings()
     target = canonical(name, settings)
     if target in BUILTINS:
-        info = _builtin(target, settings)
+        info = _builtin(target, settings, build)
     elif target.endswith("-tuned"):
-        info = _tuned(name, canonical(target.removesuffix("-tuned"), settings), settings)
+        info = _tuned(name, canonical(target.removesuffix("-tuned"), settings), settings, build)
     elif Path(target).exists():
-        info = _local(Path(target), settings)
+        info = _local(Path(target), settings, build)
     elif _HUB_ID.match(target):
         info = ModelInfo(name=target, path=target)
     else:
@@ -221,10 +249,106 @@ def resolve(name: str, revision: str | None = None, trust_remote_code: bool = Fa
     if revision:
         update["revision"] = revision
     info = info.model_copy(update=update)
-    from backends.hf import check_remote_code  # light: no torch at import
-
     check_remote_code(info)
     return info
+
+
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def check_remote_code(info: ModelInfo) -> None:
+    """Running a repository's own code is only allowed at a pinned revision (a commit, not a branch)."""
+    if info.trust_remote_code and (not info.revision or not _SHA.match(info.revision)):
+        raise HarnessError(
+            f"model {info.name!r}: --trust-remote-code runs code from {info.path!r} and needs a pinned "
+            "--revision (a commit sha), so that the code cannot change under you"
+        )
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def pin(info: ModelInfo) -> ModelInfo:
+    """``info`` with an identity that cannot drift: hub revision -> commit sha, local dirs -> content hash."""
+    update: dict = {}
+    if Path(info.path).is_dir():
+        update["content"] = content_hash(Path(info.path))
+    else:
+        update["revision"] = hub_commit(info.path, info.revision)
+    if info.adapter:
+        update["adapter_content"] = content_hash(Path(info.adapter))
+    return info.model_copy(update=update)
+
+
+def hub_commit(repo: str, revision: str | None) -> str:
+    """The commit sha ``revision`` (a branch, tag or sha) of hub repository ``repo`` points at now.
+
+    Asks the hub; offline, reads the local Hugging Face cache (what a load would use). Neither ->
+    a one-line error: a run must never be keyed on a moving branch name.
+    """
+    revision = revision or "main"
+    if _COMMIT.match(revision):
+        return revision
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        sha = HfApi().model_info(repo, revision=revision, timeout=10).sha
+        if sha:
+            return sha
+    except Exception:  # noqa: BLE001 - offline, no access...: fall back to the cache
+        pass
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True)).name
+    except Exception as err:  # noqa: BLE001 - not cached either: one clear line
+        raise HarnessError(
+            f"model {repo!r}: cannot resolve revision {revision!r} to a commit (the hub is unreachable and "
+            f"it is not in the Hugging Face cache); pass --revision <40-character commit sha>"
+        ) from err
+
+
+# Not part of what a model computes: training provenance, checkpoints, logs.
+_NOT_MODEL = {TRAIN_MANIFEST_FILE, "harness-export.json", "wandb", "runs"}
+
+
+def _model_files(root: Path) -> list[Path]:
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if any(p.startswith(".") or p.startswith("checkpoint-") or p in _NOT_MODEL for p in rel):
+            continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over the relative names and bytes of a model or adapter directory's files.
+
+    Cached per directory by (name, size, mtime) of each file, so an unchanged multi-GB model is
+    hashed once; any change of a file (a re-training into the same directory, a `--resume`) or of
+    the file list gives a new hash.
+    """
+    root = Path(root).resolve()
+    files = _model_files(root)
+    signature = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = cache_dir() / "identity" / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
+    try:
+        saved = json.loads(cache.read_text())
+        if saved["signature"] == signature:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    value = digest.hexdigest()
+    from harness.store import write_atomic
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cache, json.dumps({"path": str(root), "signature": signature, "sha256": value}))
+    return value
 
 
 def list_models() -> list[tuple[str, str]]:
@@ -241,3 +365,38 @@ def list_models() -> list[tuple[str, str]]:
         newest = [d for d, m in outputs if m.base_model == name][-1]
         rows.append((f"{name}-tuned", f"newest training output on {name}: {newest}"))
     return rows
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list[Path]:
+    """Run directories under ``runs_dir`` of the model ``name`` resolves to, for ``task``, newest first.
+
+    ``name`` is resolved exactly as ``harness run --model`` resolves it (aliases, ``-tuned``, hub ids,
+    paths), and runs are matched on what they loaded, not on the name typed then: a run made with
+    ``--model base`` is found as ``phi-3-vision``. A revision pinned in harness.toml must match too.
+    """
+    from harness.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
+
+    info = resolve(name, build=False)
+    found = []
+    for config_file in Path(runs_dir).rglob(CONFIG_FILE):
+        if not (config_file.parent / PREDICTIONS_FILE).is_file():
+            continue  # e.g. a model's own config.json inside an adapter directory
+        try:
+            config = RunConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
+        except (ValidationError, ValueError, OSError):
+            continue
+        model = config.model
+        same_model = model.path == info.path and (model.adapter or None) == (info.adapter or None)
+        pinned = info.revision is None or not _COMMIT.match(info.revision) or model.revision == info.revision
+        if same_model and pinned and config.task == task and (data is None or config.data.source == data):
+            found.append((config.created, config_file.stat().st_mtime, config_file.parent))
+    if not found:
+        where = f"task {task!r}" + (f", data {data!r}" if data else "")
+        raise HarnessError(
+            f"no run of model {name!r} ({info.path}{' + ' + info.adapter if info.adapter else ''}; {where}) "
+            f"under {runs_dir}: run `harness run --model {name}` first"
+        )
+    return [path for *_, path in sorted(found, reverse=True)]

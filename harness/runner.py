@@ -1,11 +1,21 @@
 """The evaluation loop: resolve, load data, resume, generate in batches, score, store, summarise.
 
-One bad sample never kills a run: an unreadable image or a failed generation becomes that sample's
-Record with ``error`` set (scored as a miss and counted), and the run goes on.
+Error policy, so that no number is printed as if nothing went wrong:
+
+- One bad sample never kills a run: an unreadable image or a failed generation becomes that sample's
+  Record with ``error`` set (scored as a miss and counted), and the run goes on.
+- A re-run retries errored samples (the retry's record supersedes the error's).
+- ``max_consecutive_errors`` generation errors in a row stop the run with the underlying error: the
+  model or device is broken, not one sample.
+- More than ``max_error_rate`` of the samples errored: the run is written as "incomplete"
+  (metrics.json says so), the CLI exits non-zero and reports refuse it unless told otherwise.
+- Out of memory at batch N: the batch is halved (said once) and the size that ran is recorded.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -26,12 +36,18 @@ from rich.text import Text
 
 import harness
 from harness.errors import HarnessError
-from harness.models import resolve
+from harness.models import pin, resolve
 from harness.schema import GenerationInfo, ModelInfo, Parsed, Record, RunConfig, RunMetrics, Sample
-from harness.store import RunStore
+from harness.store import RunStore, latest
 from tasks.base import Task, TaskData
 
 VERSIONED = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pillow")
+MAX_CONSECUTIVE_ERRORS = 8
+MAX_ERROR_RATE = 0.05
+
+
+class OutOfMemory(Exception):
+    """A batch of more than one sample did not fit: the caller halves the batch."""
 
 
 def run_eval(
@@ -41,64 +57,152 @@ def run_eval(
     split: str = "test",
     limit: int | None = None,
     batch_size: int = 8,
-    seed: int = 0,
     output_dir: Path = Path("runs"),
     fresh: bool = False,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     device: str | None = None,
+    dtype: str | None = None,
+    max_error_rate: float = MAX_ERROR_RATE,
+    max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
 ) -> Path:
-    """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone."""
+    """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone.
+
+    ``max_new_tokens`` None sizes the budget from the task's longest targets (see :func:`budget`).
+    """
     started = time.perf_counter()
     if batch_size < 1:
         raise HarnessError(f"--batch-size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise HarnessError(f"--limit must be >= 1, got {limit}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise HarnessError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= max_error_rate <= 1:
+        raise HarnessError(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
     task_obj = _get_task(task) if isinstance(task, str) else task
     info = model if isinstance(model, ModelInfo) else resolve(model, revision, trust_remote_code)
-    task_data = task_obj.load(data, split, seed=seed, limit=limit)
+    task_data = task_obj.load(data, split, limit=limit)
+    if info.adapter:
+        from harness.train import check_adapter_never_saw
+
+        check_adapter_never_saw(Path(info.adapter), task_obj.name, task_data)
+    info = pin(info)
+    device_kind = planned_device(device)
     config = RunConfig(
         task=task_obj.name,
         model=info,
         data=task_data.info,
-        generation=GenerationInfo(max_new_tokens=max_new_tokens),
-        seed=seed,
+        generation=GenerationInfo(max_new_tokens=max_new_tokens or "auto"),
+        prompt=task_obj.prompt_identity(),
         limit=limit,
         batch_size=batch_size,
+        device=device_kind,
+        dtype=dtype or ("bfloat16" if device_kind.startswith("cuda") else "float32"),
+        max_error_rate=max_error_rate,
+        metric_specs=task_obj.metric_specs(),
     )
     store = RunStore.open(output_dir, config, fresh=fresh)
     console = Console()
     finished = store.finished()
     if finished is not None:  # before loading the model: a finished re-run costs nothing
-        console.print(f"[dim]already finished: {store.dir} (--fresh to redo)[/dim]")
+        if finished.scoring != task_obj.scoring_identity():
+            finished = rescore(task_obj, store, task_data, finished)
+            console.print(f"[yellow]re-scored {store.dir}: the task's parser or scorers changed[/yellow]")
+        else:
+            console.print(f"[dim]already finished: {store.dir} (--fresh to redo)[/dim]")
         print_metrics(finished, console)
         return store.dir
 
     from backends import get_backend
 
-    generator = get_backend("hf").load_generator(info, device=device)
+    generator = get_backend("hf").load_generator(info, device=device or device_kind, dtype=config.dtype)
     config.device = str(generator.device)
-    config.dtype = str(generator.dtype).removeprefix("torch.")
+    config.generation.resolved_max_new_tokens = max_new_tokens or budget(generator, task_obj, task_data)
     config.versions, config.git_sha = library_versions(), git_sha()
     config.created = datetime.now(UTC).isoformat(timespec="seconds")
     store.write_config(config)
 
-    done = {r.id for r in store.records()}
+    done = {i for i, r in latest(store.records()).items() if r.error is None}
     todo = [s for s in task_data.samples if s.id not in done]
-    if done:
+    if len(todo) < len(task_data.samples):
         console.print(f"[dim]resuming {store.dir}: {len(task_data.samples) - len(todo)} samples done[/dim]")
-    with _progress() as progress:
-        bar = progress.add_task(f"{task_obj.name} / {info.name}", total=len(todo))
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i : i + batch_size]
-            store.append(run_batch(task_obj, generator, batch, max_new_tokens))
-            progress.advance(bar, len(batch))
-
-    metrics = summarise(task_obj, info, task_data, store.records(), time.perf_counter() - started)
+    size = _generate_all(
+        task_obj,
+        generator,
+        todo,
+        store,
+        config,
+        console,
+        max_consecutive_errors,
+        f"{task_obj.name} / {info.name}",
+    )
+    metrics = summarise(
+        task_obj, info, task_data, store.records(), time.perf_counter() - started, max_error_rate, size
+    )
     store.finish(metrics)
     print_metrics(metrics, console)
     return store.dir
+
+
+def _generate_all(task, generator, todo, store, config, console, max_consecutive_errors, title) -> int:
+    """Generate, score and append every sample of ``todo``; returns the batch size that ran last."""
+    size, consecutive, i = config.batch_size, 0, 0
+    budget_tokens = config.generation.resolved_max_new_tokens
+    with _progress() as progress:
+        bar = progress.add_task(title, total=len(todo))
+        while i < len(todo):
+            batch = todo[i : i + size]
+            try:
+                records = run_batch(task, generator, batch, budget_tokens)
+            except OutOfMemory:
+                size = max(1, len(batch) // 2)
+                console.print(
+                    f"[yellow]out of memory at batch {len(batch)}: continuing at batch {size}[/yellow]"
+                )
+                continue
+            store.append(records)
+            progress.advance(bar, len(batch))
+            i += len(batch)
+            for record in records:
+                failed = record.error is not None and record.error.startswith("generation")
+                consecutive = consecutive + 1 if failed else 0
+                if consecutive >= max_consecutive_errors:
+                    raise HarnessError(
+                        f"stopped after {consecutive} generation errors in a row (the model or device is "
+                        f"broken, not one sample); the last: {record.error}. Fix it and re-run: errored "
+                        f"samples are retried ({store.dir})"
+                    )
+    return size
+
+
+def planned_device(device: str | None) -> str:
+    """The device a run will use, known before the model loads (it is part of the run's identity).
+
+    Without a GPU device node there is no CUDA: answered without importing torch, so that a
+    finished re-run stays fast.
+    """
+    if device:
+        return device
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def budget(generator, task: Task, data: TaskData) -> int:
+    """max_new_tokens when not given: the longest target in tokens, plus a quarter and 8 tokens.
+
+    Sized from the catalog's longest targets (all splits, recorded in the data info), or from the
+    split's own targets when a task records none, so that a well-formed answer is never cut.
+    """
+    targets = data.info.budget_targets or [task.target(s) for s in data.samples]
+    return budget_for([generator.count_tokens(t) for t in targets])
+
+
+def budget_for(target_tokens: list[int]) -> int:
+    return math.ceil(1.25 * max(target_tokens, default=48)) + 8
 
 
 def _get_task(name: str) -> Task:
@@ -110,9 +214,17 @@ def _get_task(name: str) -> Task:
         raise HarnessError(str(err.args[0])) from err
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
 def run_batch(task: Task, generator, samples: list[Sample], max_new_tokens: int) -> list[Record]:
-    """Records for one batch, in sample order; per-sample errors instead of a failed batch."""
-    outputs: dict[str, tuple[str | None, float | None, str | None]] = {}  # id -> (output, latency, error)
+    """Records for one batch, in sample order; per-sample errors instead of a failed batch.
+
+    Raises OutOfMemory when a batch of several samples does not fit (the caller halves it); any other
+    failure of the batch is retried one by one to find the sample at fault.
+    """
+    results: dict[str, dict] = {}
     prompts: dict[str, str] = {}
     ready = []
     for sample in samples:
@@ -121,31 +233,52 @@ def run_batch(task: Task, generator, samples: list[Sample], max_new_tokens: int)
             prompts[sample.id] = generator.render(task.messages(sample))
             image = _open_image(sample.image)
         except Exception as err:  # one unreadable image is that sample's error
-            outputs[sample.id] = (None, None, f"image: {_one_line(err)}")
+            results[sample.id] = {"error": f"image: {_one_line(err)}"}
         else:
             ready.append((sample, image))
     if ready:
         t0 = time.perf_counter()
         try:
-            texts = generator.generate(
+            answers = generator.generate(
                 [prompts[s.id] for s, _ in ready], [im for _, im in ready], max_new_tokens
             )
             latency = (time.perf_counter() - t0) / len(ready)
-            outputs.update({s.id: (text, latency, None) for (s, _), text in zip(ready, texts, strict=True)})
-        except Exception:  # retry one by one to find the sample at fault
+            for (sample, _), answer in zip(ready, answers, strict=True):
+                results[sample.id] = _answer(answer, latency, len(ready))
+        except Exception as err:
+            if is_out_of_memory(err) and len(ready) > 1:
+                _release_memory(generator)
+                raise OutOfMemory(str(err)) from err
             for sample, image in ready:
-                outputs[sample.id] = _generate_one(generator, prompts[sample.id], image, max_new_tokens)
-    return [_record(task, s, prompts[s.id], *outputs[s.id]) for s in samples]
+                results[sample.id] = _generate_one(generator, prompts[sample.id], image, max_new_tokens)
+    return _records(task, samples, prompts, results)
 
 
-def _generate_one(
-    generator, prompt: str, image, max_new_tokens: int
-) -> tuple[str | None, float | None, str | None]:
+def _answer(answer, latency: float, batch: int) -> dict:
+    return {
+        "output": answer.text,
+        "n_tokens": answer.n_tokens,
+        "stop": answer.stop,
+        "latency_s": latency,
+        "batch_size": batch,
+    }
+
+
+def _generate_one(generator, prompt: str, image, max_new_tokens: int) -> dict:
     t0 = time.perf_counter()
     try:
-        return generator.generate([prompt], [image], max_new_tokens)[0], time.perf_counter() - t0, None
+        answer = generator.generate([prompt], [image], max_new_tokens)[0]
     except Exception as err:
-        return None, None, f"generation: {_one_line(err)}"
+        if is_out_of_memory(err):
+            _release_memory(generator)
+        return {"error": f"generation: {_one_line(err)}", "batch_size": 1}
+    return _answer(answer, time.perf_counter() - t0, 1)
+
+
+def _release_memory(generator) -> None:
+    release = getattr(generator, "release_memory", None)
+    if release is not None:
+        release()
 
 
 def _open_image(path: str):
@@ -160,67 +293,113 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _record(
-    task: Task, sample: Sample, prompt: str, output: str | None, latency, error: str | None
-) -> Record:
-    # An errored sample is scored as an empty answer: it counts as a miss, not as a hole in the data.
-    parsed, scores = Parsed(), {}
+def _records(
+    task: Task, samples: list[Sample], prompts: dict[str, str], results: dict[str, dict]
+) -> list[Record]:
+    """Parse and score a batch in one call. An errored sample is scored as an empty answer: it counts
+    as a miss, not as a hole in the data."""
+    parsed = []
+    for sample in samples:
+        result = results[sample.id]
+        try:
+            parsed.append(task.parse(result["output"]) if "output" in result else Parsed())
+        except Exception as err:  # a parser bug on one answer is that sample's error
+            result.setdefault("error", f"parsing: {_one_line(err)}")
+            parsed.append(Parsed())
     try:
-        parsed = task.parse(output) if output is not None and error is None else Parsed()
-        scores = task.score(sample.truth, parsed)
-    except Exception as err:  # a scorer bug on one answer is that sample's error
-        error = error or f"scoring: {_one_line(err)}"
-    return Record(
-        id=sample.id,
-        image=sample.image,
-        prompt=prompt,
-        output=output,
-        parsed=parsed,
-        truth=sample.truth,
-        scores=scores,
-        latency_s=latency,
-        error=error,
+        scores = task.score([s.truth for s in samples], parsed)
+    except Exception as err:  # a scorer bug costs this batch's scores, recorded on each sample
+        scores = [{} for _ in samples]
+        for sample in samples:
+            results[sample.id].setdefault("error", f"scoring: {_one_line(err)}")
+    return [
+        Record(
+            id=s.id, image=s.image, prompt=prompts[s.id], truth=s.truth, parsed=p, scores=sc, **results[s.id]
+        )
+        for s, p, sc in zip(samples, parsed, scores, strict=True)
+    ]
+
+
+def rescore(task: Task, store: RunStore, data: TaskData, old: RunMetrics) -> RunMetrics:
+    """Re-parse and re-score a finished run's outputs with the task's current parser and scorers.
+
+    The outputs do not depend on the parser, so nothing is generated again; predictions.jsonl and
+    metrics.json are rewritten atomically.
+    """
+    by_id = latest(store.records())
+    ordered = [by_id[s.id] for s in data.samples if s.id in by_id]
+    parsed = [task.parse(r.output) if r.error is None and r.output is not None else Parsed() for r in ordered]
+    scores = task.score([r.truth for r in ordered], parsed)
+    fresh = [
+        r.model_copy(update={"parsed": p, "scores": s})
+        for r, p, s in zip(ordered, parsed, scores, strict=True)
+    ]
+    store.replace_records(fresh)
+    config = store.read_config()
+    metrics = summarise(
+        task, config.model, data, fresh, old.wall_s or 0.0, config.max_error_rate, old.batch_size
     )
+    store.finish(metrics)
+    return metrics
 
 
 def summarise(
-    task: Task, info: ModelInfo, data: TaskData, records: list[Record], wall_s: float
+    task: Task,
+    info: ModelInfo,
+    data: TaskData,
+    records: list[Record],
+    wall_s: float,
+    max_error_rate: float = MAX_ERROR_RATE,
+    batch_size: int | None = None,
 ) -> RunMetrics:
-    """Aggregate the records of this split's samples (first record per id, in sample order)."""
-    by_id: dict[str, Record] = {}
-    for record in records:
-        by_id.setdefault(record.id, record)
+    """Aggregate the latest record of each of this split's samples, in sample order."""
+    by_id = latest(records)
     ordered = [by_id[s.id] for s in data.samples if s.id in by_id]
     values, per_category = task.aggregate(ordered)
+    n_errors = sum(r.error is not None for r in ordered)
+    reason = None
+    if len(ordered) < len(data.samples):
+        reason = f"{len(data.samples) - len(ordered)} of {len(data.samples)} samples have no record"
+    elif ordered and n_errors / len(ordered) > max_error_rate:
+        reason = (
+            f"{n_errors} of {len(ordered)} samples errored ({n_errors / len(ordered):.1%} > the "
+            f"--max-error-rate of {max_error_rate:.1%}); re-run to retry them"
+        )
     return RunMetrics(
         task=task.name,
         model=info.name,
+        status="incomplete" if reason else "complete",
+        reason=reason,
         n=len(ordered),
-        n_errors=sum(r.error is not None for r in ordered),
-        # A parse failure: the model answered but the parser could read no field at all.
-        n_parse_failures=sum(
-            r.error is None and all(v is None for v in r.parsed.model_dump().values()) for r in ordered
-        ),
+        n_errors=n_errors,
+        n_parse_failures=sum(r.error is None and r.scores.get("parsed") == 0 for r in ordered),
+        n_truncated=sum(r.stop == "length" for r in ordered),
         n_excluded=max(len(data.excluded), data.info.n_excluded),
+        batch_size=batch_size,
+        scoring=task.scoring_identity(),
         metrics=values,
+        metric_specs=task.metric_specs(),
         per_category=per_category,
         wall_s=round(wall_s, 3),
     )
 
 
 def print_metrics(metrics: RunMetrics, console: Console | None = None) -> None:
+    labels = {spec.name: spec.label for spec in metrics.metric_specs}
     table = Table(title=f"{metrics.task} / {metrics.model}")
     for column in ("metric", "value", "95% CI", "n"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, m in metrics.metrics.items():
         ci = f"[{m.ci_low:.3f}, {m.ci_high:.3f}]" if m.ci_low is not None and m.ci_high is not None else "-"
-        table.add_row(name, "-" if m.value is None else f"{m.value:.3f}", ci, str(m.n))
+        table.add_row(labels.get(name, name), "-" if m.value is None else f"{m.value:.3f}", ci, str(m.n))
     console = console or Console()
     console.print(table)
     console.print(
-        f"n={metrics.n}  errors={metrics.n_errors}  parse failures={metrics.n_parse_failures}  "
-        f"excluded before the run={metrics.n_excluded}"
+        f"n={metrics.n}  errors={metrics.n_errors}  not fully parsed={metrics.n_parse_failures}  "
+        f"truncated={metrics.n_truncated}  excluded before the run={metrics.n_excluded}"
     )
+    if metrics.status != "complete":
+        console.print(f"[bold red]INCOMPLETE:[/bold red] {metrics.reason}")
 
 
 class _Rate(ProgressColumn):

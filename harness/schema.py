@@ -12,11 +12,11 @@ on a machine without them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Truth(BaseModel):
@@ -53,7 +53,8 @@ class Sample(BaseModel):
 
 
 class Record(BaseModel):
-    """One line of predictions.jsonl."""
+    """One line of predictions.jsonl. When an id appears twice (an errored sample retried on resume),
+    the later line is the sample's record."""
 
     id: str
     image: str
@@ -64,6 +65,22 @@ class Record(BaseModel):
     scores: dict[str, float | None] = Field(default_factory=dict)
     latency_s: float | None = None
     error: str | None = None
+    n_tokens: int | None = None  # generated tokens, the end token included
+    stop: Literal["end", "length"] | None = None  # "length": cut at max_new_tokens (truncated)
+    batch_size: int | None = None  # size of the generate call that produced it
+
+
+class MetricSpec(BaseModel):
+    """What a metric means, read by every writer and reader (reports never hard-code a metric)."""
+
+    name: str
+    label: str
+    higher_is_better: bool = True
+    binary: bool = False  # 0/1 per sample: McNemar in comparisons; otherwise Wilcoxon
+    fill_missing: bool = True  # a missing value counts as 0 (a failure); else only defined pairs count
+    percent: bool = False  # shown x100 with "%"
+    per_group: bool = False  # shown in the per-category (per-label) tables
+    unit: str | None = None
 
 
 class MetricValue(BaseModel):
@@ -90,22 +107,28 @@ class DataInfo(BaseModel):
     n_excluded: int = 0
     synthetic: bool = False
     revision: str | None = None
-    seed: int | None = None
+    split_seed: int = 0  # the task's fixed split seed: never a training or sampling seed
+    group_by: str = ""  # what a sample's group is (its rows never straddle splits)
     manifest: str | None = None  # path of the data manifest (with the excluded rows)
+    budget_targets: list[str] = Field(default_factory=list)  # longest targets of the catalog (all splits)
 
 
 class ModelInfo(BaseModel):
     name: str  # what the user typed, e.g. "base", "tiny-tuned"
     path: str  # hub id or local directory actually loaded
-    revision: str | None = None
-    adapter: str | None = None  # LoRA adapter directory evaluated on top of `path`
+    revision: str | None = None  # for a hub id, the commit sha it resolved to when the run started
+    adapter: str | None = None  # LoRA adapter directory evaluated (unmerged) on top of `path`
     family: str = "hf"  # "hf" (Auto classes) or "phi3v" (native)
     trust_remote_code: bool = False
     num_crops: int | None = None  # Phi-3-Vision image crops (16 for 3.0, 4 for 3.5); None = model default
+    attn_implementation: str = "sdpa"
+    content: str | None = None  # content hash of a local model directory (weights, config, tokenizer)
+    adapter_content: str | None = None  # content hash of the adapter directory
 
 
 class GenerationInfo(BaseModel):
-    max_new_tokens: int = 64
+    max_new_tokens: int | Literal["auto"] = "auto"  # as asked; "auto" = sized from the task's targets
+    resolved_max_new_tokens: int | None = None  # what the run used (not part of the identity)
     do_sample: bool = False
 
 
@@ -115,11 +138,13 @@ class RunConfig(BaseModel):
     model: ModelInfo
     data: DataInfo
     generation: GenerationInfo = Field(default_factory=GenerationInfo)
-    seed: int = 0
+    prompt: str = ""  # identity of what the task asks and how it renders the question (a hash)
     limit: int | None = None
     batch_size: int = 8  # informative only: outputs do not depend on it
-    device: str = "cpu"
+    device: str = "cpu"  # device kind ("cpu", "cuda"): part of the identity, like dtype
     dtype: str = "float32"
+    max_error_rate: float = 0.05  # above it the run is "incomplete"
+    metric_specs: list[MetricSpec] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
     git_sha: str | None = None
     created: str = ""
@@ -130,11 +155,17 @@ class RunMetrics(BaseModel):
     schema_version: int = SCHEMA_VERSION
     task: str
     model: str
+    status: Literal["complete", "incomplete"] = "complete"
+    reason: str | None = None  # why the run is incomplete
     n: int  # records scored (errors included)
     n_errors: int = 0
-    n_parse_failures: int = 0
+    n_parse_failures: int = 0  # answered (no error) but not every field read: 1 - parse rate, as a count
+    n_truncated: int = 0  # answers cut at max_new_tokens
     n_excluded: int = 0  # rows dropped before the run (see the data manifest)
+    batch_size: int | None = None  # the generation batch size that ran last (halved after out-of-memory)
+    scoring: str = ""  # identity of the parser and scorers that made these numbers
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    metric_specs: list[MetricSpec] = Field(default_factory=list)
     per_category: dict[str, dict[str, Any]] = Field(default_factory=dict)
     wall_s: float | None = None
 
@@ -150,6 +181,11 @@ class TrainManifest(BaseModel):
     task: str
     data: DataInfo  # the train split
     validation: DataInfo | None = None
+    # What the adapter saw, so an evaluation can prove it never tests on them.
+    train_ids: list[str] = Field(default_factory=list)
+    train_groups: list[str] = Field(default_factory=list)
+    validation_ids: list[str] = Field(default_factory=list)
+    validation_groups: list[str] = Field(default_factory=list)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)  # final callback metrics
     steps: int = 0

@@ -1,7 +1,9 @@
 """The run directory: config.json (atomic), predictions.jsonl (append + fsync), metrics.json (atomic).
 
-One directory per (task, model, data, limit, generation settings) -- not batch size, which does not
-change outputs -- so re-running the same command resumes or re-uses the same run.
+One directory per run identity: everything that decides the outputs (task prompt, model content,
+data, limit, generation settings, device kind, dtype) -- not batch size, which does not change
+outputs -- so re-running the same command resumes or re-uses the same run, and a changed model
+gets a new one.
 """
 
 from __future__ import annotations
@@ -20,16 +22,35 @@ from harness.errors import HarnessError
 from harness.schema import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, Record, RunConfig, RunMetrics
 
 
-def run_key(config: RunConfig) -> str:
-    """Hash of everything that decides a run's outputs (and nothing else)."""
-    identity = {
+def run_identity(config: RunConfig) -> dict:
+    """Everything that decides a run's outputs, and nothing else.
+
+    The typed name is not in it ("base" and "phi-3-vision" are the same run); a local model or
+    adapter is identified by its content hash, not its path (a moved copy is the same model, a
+    re-trained one in the same place is not); a hub model by its resolved commit sha.
+    """
+    model = config.model.model_dump(exclude={"name"})
+    if model["content"]:
+        model.pop("path")
+    if model["adapter_content"]:
+        model.pop("adapter")
+    return {
         "task": config.task,
-        "model": config.model.model_dump(exclude={"name"}),  # "base" and "phi-3-vision" are the same run
-        "data": config.data.model_dump(include={"source", "split", "fingerprint", "seed", "revision"}),
+        "prompt": config.prompt,
+        "model": model,
+        "data": config.data.model_dump(
+            include={"source", "split", "fingerprint", "split_seed", "revision", "budget_targets"}
+        ),
         "limit": config.limit,
-        "generation": config.generation.model_dump(),
+        "generation": config.generation.model_dump(exclude={"resolved_max_new_tokens"}),
+        "device": config.device.split(":")[0],
+        "dtype": config.dtype,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_key(config: RunConfig) -> str:
+    """Hash of :func:`run_identity`: names the run directory."""
+    return hashlib.sha256(json.dumps(run_identity(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_name(config: RunConfig) -> str:
@@ -57,6 +78,15 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def latest(records: list[Record]) -> dict[str, Record]:
+    """Each sample id's record: the last line written for it (a retry supersedes an error)."""
+    by_id: dict[str, Record] = {}
+    for record in records:
+        by_id.pop(record.id, None)  # re-inserted last: dict order follows the latest line
+        by_id[record.id] = record
+    return by_id
 
 
 def read_records(path: Path, repair: bool = False) -> list[Record]:
@@ -115,8 +145,15 @@ class RunStore:
         if not self.config_path.exists():
             write_atomic(self.config_path, config.model_dump_json(indent=2) + "\n")
 
+    def read_config(self) -> RunConfig:
+        return _read_config(self.config_path)
+
     def finished(self) -> RunMetrics | None:
-        return _read_metrics(self.metrics_path) if self.metrics_path.exists() else None
+        """The metrics of a complete run; None while unfinished or incomplete (a re-run retries errors)."""
+        if not self.metrics_path.exists():
+            return None
+        metrics = _read_metrics(self.metrics_path)
+        return metrics if metrics.status == "complete" else None
 
     def records(self) -> list[Record]:
         """Records written so far, a torn last line cut away so that appends start on a clean line."""
@@ -135,6 +172,10 @@ class RunStore:
     def finish(self, metrics: RunMetrics) -> None:
         write_atomic(self.metrics_path, metrics.model_dump_json(indent=2) + "\n")
 
+    def replace_records(self, records: list[Record]) -> None:
+        """Rewrite predictions.jsonl at once (re-scoring a finished run): readers see old or new, never half."""
+        write_atomic(self.predictions_path, "".join(r.model_dump_json() + "\n" for r in records))
+
 
 def _read_metrics(path: Path) -> RunMetrics:
     try:
@@ -143,16 +184,20 @@ def _read_metrics(path: Path) -> RunMetrics:
         raise HarnessError(f"{path}: not a valid {METRICS_FILE}: {err}".splitlines()[0]) from err
 
 
+def _read_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as err:
+        raise HarnessError(f"{path}: not a valid {CONFIG_FILE}: {err}".splitlines()[0]) from err
+
+
 def load_run(directory: Path) -> tuple[RunConfig, list[Record], RunMetrics | None]:
     """Read a run directory (for reports): never modifies it; metrics is None for an unfinished run."""
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise HarnessError(f"{directory}: not a run directory (no {CONFIG_FILE})")
-    try:
-        config = RunConfig.model_validate_json(config_path.read_text())
-    except ValidationError as err:
-        raise HarnessError(f"{config_path}: not a valid {CONFIG_FILE}: {err}".splitlines()[0]) from err
+    config = _read_config(config_path)
     metrics_path = directory / METRICS_FILE
     metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
     return config, read_records(directory / PREDICTIONS_FILE), metrics

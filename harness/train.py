@@ -1,14 +1,15 @@
 """`harness train`: fine-tune a LoRA adapter on a task's train split, judged on its validation split.
 
 The test split is never trained or validated on: it is loaded only to prove that no sample id and
-no product group of it is among the training or validation samples. The adapter lands in
-``<train_dir>/<base>-<YYYYmmdd-HHMMSS>/`` with a ``harness-train.json`` manifest, which is what
-``--model <base>-tuned`` resolves to.
+no product group of it is among the training or validation samples. The split is the task's own
+(its fixed split seed); ``--seed`` seeds training only. The adapter lands in
+``<train_dir>/<base>-<YYYYmmdd-HHMMSS>/`` with a ``harness-train.json`` manifest (which records the
+train/validation ids and groups), which is what ``--model <base>-tuned`` resolves to.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.schema import TRAIN_MANIFEST_FILE, ModelInfo, Record, Sample, TrainManifest
+from harness.store import write_atomic
 
 
 def check_no_leak(train: list[Sample], validation: list[Sample], test: list[Sample]) -> None:
@@ -30,27 +32,49 @@ def check_no_leak(train: list[Sample], validation: list[Sample], test: list[Samp
         )
 
 
+def check_adapter_never_saw(adapter_dir: Path, task: str, data) -> None:
+    """Refuse to evaluate an adapter on samples (or product groups) it was trained or validated on.
+
+    Checked against the ids and groups its harness-train.json records, when it was trained on the
+    same task and data source (another catalog's ids and titles say nothing about this one's).
+    """
+    from harness.models import _read_manifest
+
+    path = Path(adapter_dir) / TRAIN_MANIFEST_FILE
+    if not path.is_file():
+        return  # a bare peft adapter trained elsewhere: nothing recorded to check against
+    manifest = _read_manifest(path)
+    if manifest.task != task or manifest.data.source != data.info.source:
+        return
+    if not manifest.train_ids:
+        raise HarnessError(
+            f"{path}: records no training ids (made by an older harness), so it cannot be checked for "
+            "train/test leakage; re-train the adapter"
+        )
+    seen_ids = set(manifest.train_ids) | set(manifest.validation_ids)
+    seen_groups = set(manifest.train_groups) | set(manifest.validation_groups)
+    ids = sorted({s.id for s in data.samples} & seen_ids)
+    groups = sorted({s.group for s in data.samples if s.group} & seen_groups)
+    if ids or groups:
+        raise HarnessError(
+            f"data leak: adapter {adapter_dir} was trained or validated on {len(ids)} of the evaluated "
+            f"{data.info.split} samples and {len(groups)} of their product groups (e.g. "
+            f"{(ids or groups)[0]!r}); evaluate it on a split it never saw"
+        )
+
+
 def metrics_fn_for(task, samples: list[Sample]):
     """Judge generated answers exactly as `harness run` does: the task's parser, scorers and aggregate."""
     by_id = {s.id: s for s in samples}
 
     def metrics(ids: list[str], outputs: list[str]) -> dict[str, float]:
-        records = []
-        for sid, text in zip(ids, outputs, strict=True):
-            sample = by_id[sid]
-            parsed = task.parse(text)
-            scores = task.score(sample.truth, parsed)
-            records.append(
-                Record(
-                    id=sid,
-                    image=sample.image,
-                    prompt="",
-                    output=text,
-                    parsed=parsed,
-                    truth=sample.truth,
-                    scores=scores,
-                )
-            )
+        samples = [by_id[sid] for sid in ids]
+        parsed = [task.parse(text) for text in outputs]
+        scores = task.score([s.truth for s in samples], parsed)
+        records = [
+            Record(id=s.id, image=s.image, prompt="", output=text, parsed=p, truth=s.truth, scores=sc)
+            for s, text, p, sc in zip(samples, outputs, parsed, scores, strict=True)
+        ]
         aggregates, _ = task.aggregate(records)
         return {k: v.value for k, v in aggregates.items() if v.value is not None}
 
@@ -100,20 +124,20 @@ def _load(info: ModelInfo, device: str | None, qlora: bool):
     return model, processor, device
 
 
-def _newest_unfinished(root: Path, base: str) -> Path | None:
-    """For --resume without --output-dir: the newest run of this base that has checkpoints but no manifest."""
+def _newest_unfinished(root: Path, stem: str) -> Path | None:
+    """For --resume without --output-dir: the newest run of this base that has checkpoints but no manifest.
+
+    Only directories named exactly ``<stem>-YYYYmmdd-HHMMSS``: "tiny" never resumes "tiny-phi3v-...".
+    """
+    from harness.models import train_output_re
+
+    shape = train_output_re(stem)
     runs = [
         d
-        for d in sorted(root.glob(f"{base}-*"))
-        if not (d / TRAIN_MANIFEST_FILE).exists() and any(d.glob("checkpoint-*"))
+        for d in sorted(root.glob(f"{stem}-*"))
+        if shape.match(d.name) and not (d / TRAIN_MANIFEST_FILE).exists() and any(d.glob("checkpoint-*"))
     ]
     return runs[-1] if runs else None
-
-
-def _write_manifest(path: Path, manifest: TrainManifest) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)  # atomic: a manifest is whole or absent
 
 
 def train_cmd_impl(
@@ -129,6 +153,7 @@ def train_cmd_impl(
     qlora: bool = False,
     output_dir: Path | str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     report_to: str = "none",
     seed: int = 0,
     eval_every: int | None = None,
@@ -140,11 +165,14 @@ def train_cmd_impl(
 ) -> Path:
     """Train ``model`` on ``task``'s train split; return the output directory (adapter + manifest)."""
     from backends.trl import default_params, train
-    from harness.models import canonical, load_settings, resolve
+    from harness.models import canonical, load_settings, resolve, train_stem
+    from harness.runner import budget_for
     from tasks import get_task
 
     if epochs is not None and max_steps is not None:
         raise HarnessError("give --epochs or --max-steps, not both")
+    if resume and overwrite:
+        raise HarnessError("give --resume or --overwrite, not both")
     info = resolve(model, revision=revision)
     if info.adapter:
         raise HarnessError(
@@ -153,15 +181,15 @@ def train_cmd_impl(
     base_name = canonical(model)
     if Path(base_name).exists():  # a local directory: the manifest names its absolute path
         base_name = info.path
-    stem = Path(base_name).name if Path(base_name).exists() else base_name.replace("/", "--")
+    stem = train_stem(base_name)
     try:
         the_task = get_task(task)
     except KeyError as err:
         raise HarnessError(str(err.args[0])) from err
 
-    train_data = the_task.load(data, "train", seed=seed, limit=limit)
-    val_data = the_task.load(data, "validation", seed=seed)
-    test_data = the_task.load(data, "test", seed=seed)
+    train_data = the_task.load(data, "train", limit=limit)
+    val_data = the_task.load(data, "validation")
+    test_data = the_task.load(data, "test")
     check_no_leak(train_data.samples, val_data.samples, test_data.samples)
     if not train_data.samples:
         raise HarnessError(f"task {task!r}: the train split of {data!r} is empty")
@@ -176,6 +204,13 @@ def train_cmd_impl(
     if output_dir is None:
         output_dir = root / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     output_dir = Path(output_dir)
+    if (output_dir / TRAIN_MANIFEST_FILE).exists() and not resume:
+        if not overwrite:
+            raise HarnessError(
+                f"--output-dir {output_dir} already holds a finished adapter; --resume to train it on, "
+                "--overwrite to replace it"
+            )
+        shutil.rmtree(output_dir)  # a replaced adapter must not keep the old one's checkpoints
 
     net, processor, device = _load(info, device, qlora)
     params = default_params(net, device)
@@ -193,6 +228,12 @@ def train_cmd_impl(
     for key, value in overrides.items():
         if value is not None:
             setattr(params, key, value)
+    # The in-training evaluation generates with the same budget `harness run` would use.
+    tokenizer = getattr(processor, "tokenizer", processor)
+    targets = val_data.info.budget_targets or [the_task.target(s) for s in val_data.samples]
+    params.max_new_tokens = budget_for(
+        [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    )
     if lora_r is not None:
         params.lora_alpha = 2 * lora_r  # keep the recipe's alpha / r = 2
     print(
@@ -224,10 +265,14 @@ def train_cmd_impl(
         task=task,
         data=train_data.info,
         validation=val_data.info,
+        train_ids=sorted(s.id for s in train_data.samples),
+        train_groups=sorted({s.group for s in train_data.samples if s.group}),
+        validation_ids=sorted(s.id for s in val_data.samples),
+        validation_groups=sorted({s.group for s in val_data.samples if s.group}),
         hyperparameters={**params.as_dict(), "qlora": qlora, "seed": seed, "device": device, "limit": limit},
         metrics={**result.metrics, "train_loss": result.train_loss, "history": result.history},
         steps=result.steps,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    _write_manifest(output_dir / TRAIN_MANIFEST_FILE, manifest)
+    write_atomic(output_dir / TRAIN_MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
     return output_dir

@@ -3,16 +3,18 @@
 Only ``harness.schema`` and the run store's reader are imported from the project: a report can be
 made without torch.
 
+Every metric's meaning (label, direction, binary or not, how a missing value counts) is read from
+the run's own metric specs (written by its task): nothing here names a metric.
+
 Statistics (all paired by sample id, difference = B - A):
 
-- 95 % CI: paired bootstrap. Each resample draws the sample ids with replacement (as multinomial
-  counts from a seeded numpy Generator) and every metric is averaged over the same resample, so
-  the metrics' CIs are consistent with one another.
-- p-value: exact McNemar (binomial test on the discordant pairs) for the 0/1 accuracies,
-  Wilcoxon signed-rank for the continuous scores.
-- Missing values: an accuracy or similarity that is missing (the sample errored) counts as 0 --
-  a failure is a wrong answer. Price errors are undefined when no price was parsed, so they are
-  compared on the pairs where both runs have one, and that n is reported.
+- 95 % CI: paired bootstrap (harness.stats, the same one that made metrics.json).
+- p-value: exact McNemar (binomial test on the discordant pairs) for 0/1 metrics, Wilcoxon
+  signed-rank for continuous ones.
+- Missing values: a metric whose spec says ``fill_missing`` counts a missing value as 0 (a failure
+  is a wrong answer); others (e.g. an error of a price never parsed) are compared on the pairs
+  where both runs have one, and that n is reported.
+- Only metrics both runs scored are compared; the others are listed as left out.
 """
 
 from __future__ import annotations
@@ -26,38 +28,11 @@ import pandas as pd
 from scipy import stats
 
 from harness.errors import HarnessError
-from harness.schema import PREDICTIONS_FILE, Record, RunConfig, RunMetrics
-from harness.store import load_run
+from harness.schema import PREDICTIONS_FILE, MetricSpec, Record, RunConfig, RunMetrics
+from harness.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
+from harness.store import latest, load_run
 
-N_BOOT = 10_000
-SEED = 0
-_CHUNK = 1_000  # resamples per matrix product: bounds memory at _CHUNK x n counts
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    binary: bool  # 0/1 per sample -> McNemar; otherwise Wilcoxon
-    higher_is_better: bool
-    fill_missing: bool  # missing -> 0 (a failure); otherwise only pairs where both are defined
-    label: str
-    percent: bool = False  # shown x100 with "%" (accuracies, and the APE fraction)
-
-
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in [
-        Metric("name_similarity", False, True, True, "name similarity (0-100)"),
-        Metric("name_exact", True, True, True, "name exact match", True),
-        Metric("category_exact", True, True, True, "category accuracy", True),
-        Metric("price_within_10", True, True, True, "price within 10 %", True),
-        Metric("price_within_25", True, True, True, "price within 25 %", True),
-        Metric("price_abs_error", False, False, False, "price absolute error"),
-        Metric("price_ape", False, False, False, "price abs. % error", True),
-        Metric("price_log_error", False, False, False, "price log error (abs)"),
-        Metric("parsed", True, True, True, "answer parsed", True),
-    ]
-}
+__all__ = ["N_BOOT", "SEED", "bootstrap_means"]
 
 
 @dataclass
@@ -79,25 +54,42 @@ class Run:
     def label(self) -> str:
         return self.config.model.name
 
+    @property
+    def specs(self) -> dict[str, MetricSpec]:
+        """The run's metric specs (from config.json, or metrics.json for a run written before them)."""
+        specs = self.config.metric_specs or (self.metrics.metric_specs if self.metrics else [])
+        return {s.name: s for s in specs}
+
+    @property
+    def complete(self) -> bool:
+        return self.metrics is not None and self.metrics.status == "complete"
+
 
 def read_run(path: str | Path) -> Run:
     """A run directory through the run store's own reader (the one the runner resumes with).
 
     A torn last line of predictions.jsonl (a crash mid-append) is dropped and flagged; a bad line
-    elsewhere is corruption and raises. When a sample id repeats, the first record counts, as in the
-    run's metrics.json.
+    elsewhere is corruption and raises. When a sample id repeats (an errored sample retried on
+    resume), its last record counts, as in the run's metrics.json.
     """
     path = Path(path)
     config, records, metrics = load_run(path)
     pred_file = path / PREDICTIONS_FILE
     if not pred_file.is_file():
         raise HarnessError(f"{pred_file}: missing (the run wrote no predictions)")
-    by_id: dict[str, Record] = {}
-    for record in records:
-        by_id.setdefault(record.id, record)
+    by_id = latest(records)
     return Run(
         path, config, list(by_id.values()), metrics, _ends_mid_line(pred_file), len(records) - len(by_id)
     )
+
+
+def why_incomplete(run: Run) -> str | None:
+    """Why a run's numbers are not final, or None when it finished complete."""
+    if run.metrics is None:
+        return "unfinished (no metrics.json): re-run it to complete"
+    if run.metrics.status != "complete":
+        return f"incomplete: {run.metrics.reason}"
+    return None
 
 
 def _ends_mid_line(file: Path) -> bool:
@@ -129,43 +121,26 @@ def why_not_comparable(a: Run, b: Run) -> str | None:
 
 
 def score_frame(run: Run) -> pd.DataFrame:
-    """One row per sample id: the known scores (NaN where missing) plus category, error, parse flags."""
+    """One row per sample id: the run's scores (missing -> 0 or NaN, as each spec says) plus category
+    and error flags."""
+    specs = run.specs
     rows = []
     for r in run.records:
-        row = {m: r.scores.get(m) for m in METRICS}
+        row = {m: r.scores.get(m) for m in specs}
         row.update(id=r.id, category=r.truth.category, error=r.error is not None)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["id", "category", "error", *METRICS]).set_index("id")
-    frame[list(METRICS)] = frame[list(METRICS)].astype(float)
-    for m in METRICS.values():
-        if m.fill_missing:
-            frame[m.name] = frame[m.name].fillna(0.0)
+    frame = pd.DataFrame(rows, columns=["id", "category", "error", *specs]).set_index("id")
+    frame[list(specs)] = frame[list(specs)].astype(float)
+    for spec in specs.values():
+        if spec.fill_missing:
+            frame[spec.name] = frame[spec.name].fillna(0.0)
     return frame
 
 
-def scored_metrics(run: Run) -> set[str]:
-    """The known metrics the run's task produced (a task need not produce all of them)."""
-    return {key for r in run.records for key in r.scores} & set(METRICS)
-
-
-def bootstrap_means(values: np.ndarray, *, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
-    """Bootstrap distribution of each column's mean, NaNs left out: (n_boot, columns).
-
-    Every resample draws the rows (sample ids) with replacement: multinomial counts over the n rows,
-    drawn in chunks of _CHUNK from ``np.random.default_rng(seed)``; a column's mean in a resample is
-    the count-weighted mean of its defined rows (NaN when the resample holds none).
-    """
-    values = np.atleast_2d(np.asarray(values, dtype=float).T).T
-    n = values.shape[0]
-    defined = ~np.isnan(values)
-    filled = np.where(defined, values, 0.0)
-    rng = np.random.default_rng(seed)
-    out = []
-    for start in range(0, n_boot, _CHUNK):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(_CHUNK, n_boot - start)).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append((counts @ filled) / (counts @ defined))
-    return np.concatenate(out)
+def scored_metrics(run: Run) -> list[str]:
+    """The run's metrics (spec order) that at least one of its records has a score for."""
+    scored = {key for r in run.records for key in r.scores}
+    return [name for name in run.specs if name in scored]
 
 
 @dataclass
@@ -192,9 +167,14 @@ class Comparison:
     metrics: list[MetricComparison] = field(default_factory=list)
     n_boot: int = N_BOOT
     seed: int = SEED
+    left_out: dict[str, str] = field(default_factory=dict)  # metric -> why it is not compared
 
     def by_name(self) -> dict[str, MetricComparison]:
         return {m.metric: m for m in self.metrics}
+
+    @property
+    def specs(self) -> dict[str, MetricSpec]:
+        return {**self.b.specs, **self.a.specs}
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]:
@@ -217,18 +197,26 @@ def wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
 def compare_runs(
     a: Run, b: Run, *, alpha: float = 0.05, n_boot: int = N_BOOT, seed: int = SEED
 ) -> Comparison:
-    """Paired comparison of B against A on every metric either run scored. Refuses different test sets."""
+    """Paired comparison of B against A on every metric both runs scored. Refuses different test sets.
+
+    A metric only one run scored is left out (and listed), never compared against a filled-in 0.
+    """
     reason = why_not_comparable(a, b)
     if reason:
         raise HarnessError(f"refusing to compare {a.path} with {b.path}: {reason}")
     fa, fb = score_frame(a), score_frame(b)
     paired = fa.join(fb.drop(columns="category"), lsuffix="_a", rsuffix="_b", how="inner").sort_index()
-    names = [m for m in METRICS if m in scored_metrics(a) | scored_metrics(b)]
+    in_a, in_b = scored_metrics(a), scored_metrics(b)
+    names = [m for m in in_a if m in in_b]
+    left_out = {m: "only in A" for m in in_a if m not in in_b} | {
+        m: "only in B" for m in in_b if m not in in_a
+    }
     diffs = np.column_stack([paired[f"{m}_b"] - paired[f"{m}_a"] for m in names]) if names else None
     boot = bootstrap_means(diffs, n_boot=n_boot, seed=seed) if names else None
-    result = Comparison(a, b, paired, n_boot=n_boot, seed=seed)
+    lows, highs = percentile_ci(boot) if names else (None, None)
+    result = Comparison(a, b, paired, n_boot=n_boot, seed=seed, left_out=left_out)
     for j, name in enumerate(names):
-        spec = METRICS[name]
+        spec = a.specs[name]
         col_a, col_b = paired[f"{name}_a"].to_numpy(), paired[f"{name}_b"].to_numpy()
         both = ~np.isnan(col_a) & ~np.isnan(col_b)
         va, vb = col_a[both], col_b[both]
@@ -238,7 +226,7 @@ def compare_runs(
                 MetricComparison(name, 0, None, None, None, None, None, None, "-", False, False)
             )
             continue
-        lo, hi = np.nanpercentile(boot[:, j], [2.5, 97.5])
+        lo, hi = lows[j], highs[j]
         if spec.binary:
             p, disc = mcnemar(va, vb)
             test = "McNemar exact"
@@ -266,30 +254,30 @@ class MetricSummary:
 
 
 def summarize_run(run: Run, *, n_boot: int = N_BOOT, seed: int = SEED) -> list[MetricSummary]:
-    """One run's means with 95 % bootstrap CIs (the single-model report)."""
+    """One run's means with 95 % bootstrap CIs: the same computation as its metrics.json."""
     frame = score_frame(run)
-    names = [m for m in METRICS if m in scored_metrics(run)]
-    if not names:
-        return []
-    values = frame[names].to_numpy()
-    boot = bootstrap_means(values, n_boot=n_boot, seed=seed)
-    out = []
-    for j, name in enumerate(names):
-        col = values[:, j][~np.isnan(values[:, j])]
-        lo, hi = np.nanpercentile(boot[:, j], [2.5, 97.5])
-        out.append(MetricSummary(name, len(col), float(col.mean()), float(lo), float(hi)))
-    return out
+    names = scored_metrics(run)
+    columns = [[None if np.isnan(v) else v for v in frame[name].to_numpy()] for name in names]
+    return [
+        MetricSummary(name, n, mean, low, high)
+        for name, (mean, low, high, n) in zip(names, mean_ci(columns, n_boot=n_boot, seed=seed), strict=True)
+    ]
 
 
-CATEGORY_METRICS = ["category_exact", "name_exact", "price_within_25"]
+def per_group_metrics(runs: dict[str, Run]) -> list[str]:
+    """The metrics every run scored whose spec puts them in the per-category table (the task's choice)."""
+    first = next(iter(runs.values()))
+    scored = [set(scored_metrics(run)) for run in runs.values()]
+    return [m for m, spec in first.specs.items() if spec.per_group and all(m in s for s in scored)]
 
 
 def per_category(runs: dict[str, Run]) -> pd.DataFrame:
     """Rows = true category; columns n and "<metric> <label>" means for each run, over the same ids."""
     frames = {label: score_frame(run) for label, run in runs.items()}
+    metrics = per_group_metrics(runs)
     first = next(iter(frames.values()))
     table = first.groupby("category").size().rename("n").to_frame()
     for label, frame in frames.items():
-        means = frame.groupby("category")[CATEGORY_METRICS].mean()
+        means = frame.groupby("category")[metrics].mean()
         table = table.join(means.rename(columns=lambda m, lab=label: f"{m} {lab}"))
     return table.sort_values("n", ascending=False)

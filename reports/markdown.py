@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from reports.compare import METRICS, N_BOOT, SEED, Comparison, MetricSummary, Run
+from harness.schema import MetricSpec
+from reports.compare import N_BOOT, SEED, Comparison, MetricSummary, Run
 
 THUMB_PX = 128
 # HTML specials plus markdown syntax that could split a row or render (links, images, code, emphasis).
@@ -39,18 +40,18 @@ def table(header: list[str], rows: list[list[object]]) -> list[str]:
     return [row(*header), row(*["---"] * len(header)), *(row(*r) for r in rows)]
 
 
-def fmt_value(metric: str, value: float | None) -> str:
+def fmt_value(spec: MetricSpec, value: float | None) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
-    if METRICS[metric].percent:
+    if spec.percent:
         return f"{100 * value:.1f} %"
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def fmt_diff(metric: str, value: float | None) -> str:
+def fmt_diff(spec: MetricSpec, value: float | None) -> str:
     if value is None or np.isnan(value):
         return "–"
-    return f"{100 * value:+.1f} pp" if METRICS[metric].percent else f"{value:+.3g}"
+    return f"{100 * value:+.1f} pp" if spec.percent else f"{value:+.3g}"
 
 
 def fmt_p(p: float | None) -> str:
@@ -117,43 +118,45 @@ def _provenance(runs: dict[str, Run]) -> list[str]:
 
 
 def _counts(runs: dict[str, Run]) -> list[str]:
+    """How many samples failed and how: the counts behind the rates (one definition each)."""
+
     def n(run: Run, pred) -> int:
         return sum(1 for r in run.records if pred(r))
 
     rows = [
-        ["errors", *(n(r, lambda x: x.error is not None) for r in runs.values())],
-        ["parse failures (no field read)", *(n(r, lambda x: x.error is None and x.scores.get("parsed") == 0) for r in runs.values())],
-        ["no price parsed", *(n(r, lambda x: x.error is None and x.parsed.price is None) for r in runs.values())],
+        ["errors (scored as wrong)", *(n(r, lambda x: x.error is not None) for r in runs.values())],
+        ["answered, not every field read", *(n(r, lambda x: x.error is None and x.scores.get("parsed") == 0) for r in runs.values())],
+        ["truncated at max_new_tokens", *(n(r, lambda x: x.stop == "length") for r in runs.values())],
         ["torn last line dropped", *("yes" if r.torn_last_line else "no" for r in runs.values())],
     ]  # fmt: skip
     return table(["", *runs], rows)
 
 
-def _per_category(per_cat: pd.DataFrame) -> list[str]:
-    header = ["category", *(_cat_header(c) for c in per_cat.columns)]
+def _per_category(per_cat: pd.DataFrame, specs: dict[str, MetricSpec]) -> list[str]:
+    header = ["category", *(_cat_header(c, specs) for c in per_cat.columns)]
     rows = []
     for category, values in per_cat.iterrows():
-        rows.append([cell(category, 60), *(_cat_value(c, v) for c, v in values.items())])
+        rows.append([cell(category, 60), *(_cat_value(c, v, specs) for c, v in values.items())])
     return table(header, rows)
 
 
-def _cat_header(column: str) -> str:
+def _cat_header(column: str, specs: dict[str, MetricSpec]) -> str:
     if column == "n":
         return "n"
     metric, label = column.split(" ", 1)
-    return cell(f"{METRICS[metric].label} ({label})")
+    return cell(f"{specs[metric].label} ({label})")
 
 
-def _cat_value(column: str, value) -> str:
+def _cat_value(column: str, value, specs: dict[str, MetricSpec]) -> str:
     if column == "n":
         return str(int(value))
-    return fmt_value(column.split(" ")[0], float(value))
+    return fmt_value(specs[column.split(" ")[0]], float(value))
 
 
 def _changes(cmp: Comparison, metric: str, k: int) -> tuple[list[str], list[str]]:
     """Sample ids with the biggest improvement and the biggest regression of B over A on ``metric``."""
     delta = (cmp.paired[f"{metric}_b"] - cmp.paired[f"{metric}_a"]).dropna()
-    if not METRICS[metric].higher_is_better:
+    if not cmp.specs[metric].higher_is_better:
         delta = -delta
     wins = delta[delta > 0].sort_values(ascending=False, kind="stable").index[:k]
     losses = delta[delta < 0].sort_values(kind="stable").index[:k]
@@ -163,14 +166,15 @@ def _changes(cmp: Comparison, metric: str, k: int) -> tuple[list[str], list[str]
 def _examples(cmp: Comparison, ids: list[str], metric: str, assets: Path) -> list[str]:
     ra = {r.id: r for r in cmp.a.records}
     rb = {r.id: r for r in cmp.b.records}
+    spec = cmp.specs[metric]
     rows = []
     for i in ids:
         a, b = ra[i], rb[i]
         rows.append([
             _image_cell(a, assets), cell(i, 40), _truth(a), _output(a), _output(b),
-            f"{fmt_value(metric, cmp.paired.at[i, f'{metric}_a'])} → {fmt_value(metric, cmp.paired.at[i, f'{metric}_b'])}",
+            f"{fmt_value(spec, cmp.paired.at[i, f'{metric}_a'])} → {fmt_value(spec, cmp.paired.at[i, f'{metric}_b'])}",
         ])  # fmt: skip
-    return table(["image", "id", "truth", "A output", "B output", cell(METRICS[metric].label)], rows)
+    return table(["image", "id", "truth", "A output", "B output", cell(spec.label)], rows)
 
 
 def render_comparison(
@@ -190,23 +194,30 @@ def render_comparison(
         "",
     ]
     rows = []
+    specs = cmp.specs
     for m in cmp.metrics:
+        spec = specs[m.metric]
         verdict = "▼ worse" if m.worse else ("▲ better" if m.better else "")
-        ci = "–" if m.ci_low is None else f"[{fmt_diff(m.metric, m.ci_low)}, {fmt_diff(m.metric, m.ci_high)}]"
-        direction = "↑" if METRICS[m.metric].higher_is_better else "↓"
+        ci = "–" if m.ci_low is None else f"[{fmt_diff(spec, m.ci_low)}, {fmt_diff(spec, m.ci_high)}]"
+        direction = "↑" if spec.higher_is_better else "↓"
         rows.append([
-            f"{cell(METRICS[m.metric].label)} {direction}", m.n, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
-            fmt_diff(m.metric, m.diff), ci, fmt_p(m.p_value), m.test, verdict,
+            f"{cell(spec.label)} {direction}", m.n, fmt_value(spec, m.a), fmt_value(spec, m.b),
+            fmt_diff(spec, m.diff), ci, fmt_p(m.p_value), m.test, verdict,
         ])  # fmt: skip
     lines += table(["metric", "n", "A", "B", "B − A", "95 % CI", "p", "test", ""], rows) + [""]
+    if cmp.left_out:
+        left = ", ".join(
+            f"{cell(specs[m].label if m in specs else m)} ({why})" for m, why in cmp.left_out.items()
+        )
+        lines += [f"Not compared (scored by one run only): {left}.", ""]
     lines += ["## Failures", "", *_counts({"A": a, "B": b}), ""]
-    lines += ["## Per category", "", *_per_category(per_cat), ""]
+    lines += ["## Per category", "", *_per_category(per_cat, specs), ""]
     lines += _plots(plots)
     for metric in ("price_ape", "name_similarity"):
         if metric not in cmp.by_name() or cmp.by_name()[metric].n == 0:
             continue
         wins, losses = _changes(cmp, metric, k)
-        label = METRICS[metric].label
+        label = specs[metric].label
         for title, ids in (
             (f"Biggest wins of B ({label})", wins),
             (f"Biggest losses of B ({label})", losses),
@@ -233,14 +244,15 @@ def render_single(
     lines += _banner([run])
     lines += ["## What was evaluated", "", *_provenance({"run": run}), ""]
     lines += ["## Summary", "", f"Means with 95 % bootstrap CIs ({_n_boot_note(n_boot, seed)}).", ""]
+    specs = run.specs
     rows = [
-        [cell(METRICS[s.metric].label), s.n, fmt_value(s.metric, s.value),
-         f"[{fmt_value(s.metric, s.ci_low)}, {fmt_value(s.metric, s.ci_high)}]"]
+        [cell(specs[s.metric].label), s.n, fmt_value(specs[s.metric], s.value),
+         f"[{fmt_value(specs[s.metric], s.ci_low)}, {fmt_value(specs[s.metric], s.ci_high)}]"]
         for s in summary
     ]  # fmt: skip
     lines += table(["metric", "n", "value", "95 % CI"], rows) + [""]
     lines += ["## Failures", "", *_counts({"run": run}), ""]
-    lines += ["## Per category", "", *_per_category(per_cat), ""]
+    lines += ["## Per category", "", *_per_category(per_cat, specs), ""]
     lines += _plots(plots)
     worst = sorted(
         (r for r in run.records if r.scores.get("price_ape") is not None),
@@ -252,7 +264,7 @@ def render_single(
             cell(r.id, 40),
             _truth(r),
             _output(r),
-            fmt_value("price_ape", r.scores["price_ape"]),
+            fmt_value(specs["price_ape"], r.scores["price_ape"]),
         ]
         for r in worst
     ]
@@ -271,8 +283,13 @@ def _banner(runs: list[Run]) -> list[str]:
             "> **Synthetic data.** These numbers check the harness; they say nothing about real catalogs.",
             "",
         ]
-    if any(r.metrics is None for r in runs):
-        out += ["> Some run has no metrics.json (unfinished): statistics use the records written so far.", ""]
+    for r in runs:
+        if r.metrics is None or r.metrics.status != "complete":
+            why = "unfinished" if r.metrics is None else f"incomplete: {r.metrics.reason}"
+            out += [
+                f"> **{cell(r.label)} is {cell(why)}.** Its numbers are not final (reported with --allow-incomplete).",
+                "",
+            ]
     return out
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from harness.errors import HarnessError
-from harness.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
+from harness.schema import CONFIG_FILE
+from harness.store import write_atomic
 from reports.compare import (
-    METRICS,
     N_BOOT,
     SEED,
     Comparison,
@@ -21,6 +18,7 @@ from reports.compare import (
     per_category,
     read_run,
     summarize_run,
+    why_incomplete,
     why_not_comparable,
 )
 from reports.markdown import render_comparison, render_single
@@ -39,37 +37,41 @@ class ReportResult:
     wandb_dir: Path | None = None
 
 
+Candidates = str | Path | list[Path]  # a run directory, or a model's run directories newest first
+
+
 def make_report(
-    a: str,
-    b: str | None,
+    a: Candidates,
+    b: Candidates | None,
     *,
-    task: str = "burberry",
-    data: str | None = None,
-    runs_dir: Path = Path("runs"),
     out: Path | None = None,
     wandb: bool = False,
     fail_if_worse: list[str] = [],  # noqa: B006 - never mutated; the signature the CLI mirrors
+    allow_incomplete: bool = False,
     alpha: float = 0.05,
     n_boot: int = N_BOOT,
     seed: int = SEED,
 ) -> ReportResult:
-    """Compare run B against run A (each a run directory or a model name) and write the report.
+    """Compare run B against run A and write the report (B None: describe run A).
 
-    A model name resolves to the most recent run of that model for ``task`` (and data source ``data``)
-    under ``runs_dir`` that shares its test set (fingerprint and sample ids) with the other side.
+    Each side is a run directory, or a list of candidate run directories (newest first, e.g. every
+    run of one model as ``harness report NAME`` resolves it): the newest pair on the same test set
+    (fingerprint and sample ids) is compared. An unfinished or incomplete run is refused unless
+    ``allow_incomplete``: its numbers are not final.
     """
-    unknown = [m for m in fail_if_worse if m not in METRICS]
-    if unknown:
-        raise HarnessError(f"--fail-if-worse: unknown metric {unknown[0]!r}; valid: {', '.join(METRICS)}")
     if fail_if_worse and b is None:
         raise HarnessError("--fail-if-worse needs two runs (A and B) to compare")
-    runs_dir = Path(runs_dir)
     if b is None:
-        run_a = _only(a, task, data, runs_dir)
+        run_a = _usable(_read_all(a), allow_incomplete)[0]
         return _single(run_a, out, wandb, n_boot, seed)
-    run_a, run_b = resolve_pair(a, b, task=task, data=data, runs_dir=runs_dir)
+    run_a, run_b = resolve_pair(
+        _usable(_read_all(a), allow_incomplete), _usable(_read_all(b), allow_incomplete)
+    )
     cmp = compare_runs(run_a, run_b, alpha=alpha, n_boot=n_boot, seed=seed)
-    out = Path(out) if out else Path("reports") / f"{_slug(run_a, a)}-vs-{_slug(run_b, b)}.md"
+    unknown = [m for m in fail_if_worse if m not in cmp.specs]
+    if unknown:
+        raise HarnessError(f"--fail-if-worse: unknown metric {unknown[0]!r}; valid: {', '.join(cmp.specs)}")
+    out = Path(out) if out else Path("reports") / f"{_slug(run_a)}-vs-{_slug(run_b)}.md"
     assets = _assets(out)
     runs = {"A": run_a, "B": run_b}
     per_cat = per_category(runs)
@@ -87,7 +89,7 @@ def make_report(
 
 
 def _single(run: Run, out: Path | None, wandb: bool, n_boot: int, seed: int) -> ReportResult:
-    out = Path(out) if out else Path("reports") / f"{_slug(run, run.label)}.md"
+    out = Path(out) if out else Path("reports") / f"{_slug(run)}.md"
     assets = _assets(out)
     runs = {"run": run}
     per_cat = per_category(runs)
@@ -110,59 +112,42 @@ def _assets(out: Path) -> Path:
 
 
 def _write(path: Path, text: str) -> None:
-    """Atomic: a reader never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
-def _slug(run: Run, given: str) -> str:
-    text = given if not _is_run_dir(given) else run.path.name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+def _slug(run: Run) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run.label).strip("_") or "run"
 
 
-def _is_run_dir(value: str) -> bool:
+def _is_run_dir(value: str | Path) -> bool:
     return (Path(value) / CONFIG_FILE).is_file()
 
 
-def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list[Path]:
-    """Run directories under ``runs_dir`` of model ``name`` for ``task`` (and data source), newest first."""
-    found = []
-    for config_file in Path(runs_dir).rglob(CONFIG_FILE):
-        if not (config_file.parent / PREDICTIONS_FILE).is_file():
-            continue  # e.g. a model's own config.json inside an adapter directory
-        try:
-            config = RunConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
-        except (ValidationError, ValueError, OSError):
-            continue
-        if config.model.name == name and config.task == task and (data is None or config.data.source == data):
-            found.append((config.created, config_file.stat().st_mtime, config_file.parent))
-    return [path for *_, path in sorted(found, reverse=True)]
-
-
-def _candidates(value: str, task: str, data: str | None, runs_dir: Path) -> list[Path]:
-    if _is_run_dir(value):
-        return [Path(value)]
-    if os.sep in value or Path(value).exists():
-        raise HarnessError(f"{value}: not a run directory (no {CONFIG_FILE})")
-    paths = find_runs(value, task=task, data=data, runs_dir=runs_dir)
+def _read_all(candidates: Candidates) -> list[Run]:
+    paths = [Path(candidates)] if isinstance(candidates, str | Path) else list(candidates)
+    for path in paths:
+        if not _is_run_dir(path):
+            raise HarnessError(f"{path}: not a run directory (no {CONFIG_FILE})")
     if not paths:
-        where = f"task {task!r}" + (f", data {data!r}" if data else "")
+        raise HarnessError("no run to report on")
+    return [read_run(p) for p in paths]
+
+
+def _usable(runs: list[Run], allow_incomplete: bool) -> list[Run]:
+    """Complete runs only, unless allowed: an unfinished or incomplete run's numbers are not final."""
+    if allow_incomplete:
+        return runs
+    good = [r for r in runs if why_incomplete(r) is None]
+    if not good:
         raise HarnessError(
-            f"no run of model {value!r} ({where}) under {runs_dir}: run `harness run --model {value}` first"
+            f"{runs[0].path}: {why_incomplete(runs[0])}; report it anyway with --allow-incomplete"
         )
-    return paths
+    return good
 
 
-def _only(value: str, task: str, data: str | None, runs_dir: Path) -> Run:
-    return read_run(_candidates(value, task, data, runs_dir)[0])
-
-
-def resolve_pair(a: str, b: str, *, task: str, data: str | None, runs_dir: Path) -> tuple[Run, Run]:
+def resolve_pair(cand_a: list[Run], cand_b: list[Run]) -> tuple[Run, Run]:
     """The newest pair of runs (A, B) on the same test set; HarnessError saying what differs if none is."""
-    cand_a = [read_run(p) for p in _candidates(a, task, data, runs_dir)]
-    cand_b = [read_run(p) for p in _candidates(b, task, data, runs_dir)]
     reasons = []
     for run_a in cand_a:
         for run_b in cand_b:
@@ -175,4 +160,4 @@ def resolve_pair(a: str, b: str, *, task: str, data: str | None, runs_dir: Path)
     if not reasons:
         raise HarnessError(f"A and B resolve to the same run ({cand_a[0].path}): nothing to compare")
     more = f" (and {len(reasons) - 3} more pairs)" if len(reasons) > 3 else ""
-    raise HarnessError(f"no runs of {a!r} and {b!r} on the same test set: " + "; ".join(reasons[:3]) + more)
+    raise HarnessError("no runs of A and B on the same test set: " + "; ".join(reasons[:3]) + more)

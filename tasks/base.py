@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.schema import DataInfo, Excluded, MetricValue, Parsed, Record, Sample, Truth
+from harness.schema import DataInfo, Excluded, MetricSpec, MetricValue, Parsed, Record, Sample, Truth
 
 
 @dataclass
@@ -24,29 +24,33 @@ class TaskData:
 class Task(Protocol):
     name: str
     description: str
+    split_seed: int  # fixed by the task: the split never depends on a training or sampling seed
 
     def load(
-        self,
-        source: str,
-        split: str,
-        *,
-        seed: int = 0,
-        limit: int | None = None,
-        cache_dir: Path | None = None,
+        self, source: str, split: str, *, limit: int | None = None, cache_dir: Path | None = None
     ) -> TaskData:
         """Load ``split`` ("train", "validation" or "test") from ``source`` ("hub", "synthetic" or a path)."""
 
-    def messages(self, sample: Sample) -> list[dict]:
+    def messages(self, sample: Sample | None = None) -> list[dict]:
         """The user turn in the Hugging Face chat format: content = [{"type": "image"}, {"type": "text", ...}]."""
 
     def target(self, sample: Sample) -> str:
         """The answer a perfect model would generate (the training target)."""
 
+    def prompt_identity(self) -> str:
+        """A hash of what is asked and of the answer template: part of every run's identity."""
+
+    def scoring_identity(self) -> str:
+        """A hash of the parser and scorers: a finished run scored by other code is re-scored."""
+
+    def metric_specs(self) -> list[MetricSpec]:
+        """What each per-sample score means (label, direction, binary or not, per-category or not)."""
+
     def parse(self, text: str) -> Parsed:
         """Read the fields from a model's answer. Never raises."""
 
-    def score(self, truth: Truth, parsed: Parsed) -> dict[str, float | None]:
-        """Per-sample scores; None where a score is undefined (e.g. no price parsed)."""
+    def score(self, truths: list[Truth], parsed: list[Parsed]) -> list[dict[str, float | None]]:
+        """Per-sample scores of a batch; None where a score is undefined (e.g. no price parsed)."""
 
     def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
         """Aggregates with 95 % bootstrap CIs, and the per-category breakdown."""

@@ -19,10 +19,11 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.paths import cache_dir as default_cache_dir
-from harness.schema import DataInfo, Excluded, MetricValue, Parsed, Record, Sample, Truth
+from harness.schema import DataInfo, Excluded, MetricSpec, MetricValue, Parsed, Record, Sample, Truth
+from harness.stats import mean_ci
 from tasks import catalog, sources
 from tasks.base import TaskData
-from tasks.stats import bootstrap_ci
+from tasks.parsing import AnswerParser, ParseField
 
 HUB_ID = "DBQ/Burberry.Product.prices.United.States"
 # The latest commit of the dataset's main branch that could be found (2023-11-19, "Upload README.md").
@@ -31,14 +32,31 @@ HUB_ID = "DBQ/Burberry.Product.prices.United.States"
 HUB_REVISION = "2d90840b90ebbbf6b4a1ba8b72252fd5bbe51230"
 REVISION_ENV = "HARNESS_BURBERRY_REVISION"
 SPLITS = ("train", "validation", "test")
+# The split is a property of the task and its data, never of a training or sampling seed: every
+# command (run, train, report) sees the same test groups.
+SPLIT_SEED = 0
+SYNTHETIC_SEED = 0  # `--data synthetic` is one fixed catalog
+BUDGET_TARGETS = 5  # longest targets kept to size the generation budget (max_new_tokens "auto")
 QUESTION = "What is shown in this image?"
+TARGET_TEMPLATE = "Product: {name}, Category: {category}, Full Price: {price}"
 # What Phi-3-Vision's chat template renders for `messages()` with the generation prompt.
 PHI3_PROMPT = f"<|user|>\n<|image_1|>{QUESTION}<|end|>\n<|assistant|>\n"
-SCORE_KEYS = (
-    "name_similarity", "name_exact", "category_exact", "price_abs_error", "price_ape",
-    "price_within_10", "price_within_25", "price_log_error", "parsed",
-)  # fmt: skip
 METRICS_DIR = Path(__file__).parent / "metrics"
+FIELDS = ("name", "category", "price")
+# What each score means; metrics.json, reports and `--fail-if-worse` read these, never a hard-coded list.
+METRIC_SPECS = [
+    MetricSpec(name="name_similarity", label="name similarity (0-100)"),
+    MetricSpec(name="name_exact", label="name exact match", binary=True, percent=True, per_group=True),
+    MetricSpec(name="category_exact", label="category accuracy", binary=True, percent=True, per_group=True),
+    MetricSpec(name="price_within_10", label="price within 10 %", binary=True, percent=True),
+    MetricSpec(name="price_within_25", label="price within 25 %", binary=True, percent=True, per_group=True),
+    MetricSpec(name="price_abs_error", label="price absolute error", higher_is_better=False, fill_missing=False, unit="USD"),
+    MetricSpec(name="price_ape", label="price abs. % error", higher_is_better=False, fill_missing=False, percent=True, per_group=True),
+    MetricSpec(name="price_log_error", label="price log error (abs)", higher_is_better=False, fill_missing=False),
+    MetricSpec(name="parsed", label="parse rate (all fields read)", binary=True, percent=True, per_group=True),
+    *(MetricSpec(name=f"{f}_read", label=f"{f} read", binary=True, percent=True) for f in FIELDS),
+]  # fmt: skip
+SCORE_KEYS = tuple(spec.name for spec in METRIC_SPECS)
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -51,9 +69,9 @@ def normalise(text: str) -> str:
 # ---------------------------------------------------------------- split
 
 
-def split_of(group: str, seed: int = 0) -> str:
+def split_of(group: str, split_seed: int = SPLIT_SEED) -> str:
     """test ~20 %, validation ~10 %, train the rest, by a stable hash (same on every machine)."""
-    bucket = int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") % 100
+    bucket = int.from_bytes(hashlib.sha256(f"{split_seed}:{group}".encode()).digest()[:8], "big") % 100
     return "test" if bucket < 20 else "validation" if bucket < 30 else "train"
 
 
@@ -68,78 +86,18 @@ def assert_no_leakage(splits: dict[str, list[Sample]]) -> None:
 
 # ---------------------------------------------------------------- parsing
 
-_LABELS = {
-    "name": r"product\s+name|product|name|title|item",
-    "category": r"product\s+category|product\s+type|category|type",
-    "price": r"full\s+price|retail\s+price|price|cost|msrp",
-}
-_LABEL_RE = re.compile(
-    r"(?<![A-Za-z])(?:\*\*|__)?(?:"
-    + "|".join(f"(?P<{key}>{pattern})" for key, pattern in _LABELS.items())
-    + r")(?:\s*\([^)\n]{0,20}\))?\s*(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?",
-    re.IGNORECASE,
+# Label aliases a model may write before each field (the template's own label first).
+PARSE_FIELDS = (
+    ParseField("name", "text", ("Product", "Product name", "Name", "Title", "Item")),
+    ParseField("category", "label", ("Category", "Product category", "Product type", "Type")),
+    ParseField("price", "price", ("Full price", "Retail price", "Price", "Cost", "MSRP")),
 )
-_NUMBER_RE = re.compile(r"\d{1,3}(?:[,.\u00a0\u202f']\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?")
-_CURRENCY_PRICE_RE = re.compile(
-    r"(?:\$|US\$|USD)\s?(" + _NUMBER_RE.pattern + r")|(" + _NUMBER_RE.pattern + r")\s?(?:USD|dollars)",
-    re.IGNORECASE,
-)
-_SENTENCE_END = re.compile(r"(?<=[a-z0-9)])\.(?:\s|$)", re.IGNORECASE)
-
-
-def parse_price(text: str) -> float | None:
-    """The first number in ``text``: '$1,290.00', 'USD 1290', '1290 USD', '1.290,00' -> 1290.0."""
-    match = _NUMBER_RE.search(text)
-    if not match:
-        return None
-    token = re.sub(r"[\u00a0\u202f']", ",", match.group(0))
-    if "," in token and "." in token:  # the later separator is the decimal one
-        decimal = "," if token.rfind(",") > token.rfind(".") else "."
-        token = token.replace("." if decimal == "," else ",", "").replace(",", ".")
-    elif re.fullmatch(r"\d{1,3}(?:[,.]\d{3})+", token):  # 1,290 / 1.290 / 12,345,678: thousands
-        token = token.replace(",", "").replace(".", "")
-    else:
-        token = token.replace(",", ".")
-    try:
-        value = float(token)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _clean(value: str) -> str | None:
-    value = value.split("\n", 1)[0]
-    if end := _SENTENCE_END.search(value):
-        value = value[: end.start()]
-    value = value.strip().strip("*_`\"'").strip().rstrip(",;|").strip().strip("*_`\"'").strip()
-    return value or None
-
-
-def _parse(text: str) -> dict:
-    found: dict[str, str] = {}
-    matches = list(_LABEL_RE.finditer(text))
-    for match, following in zip(matches, [*matches[1:], None], strict=False):
-        key = match.lastgroup
-        if key and key not in found:
-            found[key] = text[match.end() : following.start() if following else len(text)]
-    name = _clean(found["name"]) if "name" in found else None
-    category = _clean(found["category"]) if "category" in found else None
-    price = parse_price(found["price"].split("\n", 1)[0]) if "price" in found else None
-    if not matches:  # bare "Title, CATEGORY, 1290.0"
-        parts = [p.strip() for p in text.strip().split("\n", 1)[0].split(",")]
-        if len(parts) >= 3 and (bare := parse_price(parts[-1])) is not None:
-            return {"name": _clean(",".join(parts[:-2])), "category": _clean(parts[-2]), "price": bare}
-    if price is None and "price" not in found and (loose := _CURRENCY_PRICE_RE.search(text)):
-        price = parse_price(loose.group(1) or loose.group(2))
-    return {"name": name, "category": category, "price": price}
+_PARSER = AnswerParser(PARSE_FIELDS)
 
 
 def parse_answer(text: str) -> dict:
     """Read {name, category, price} from what a model wrote; a field not found is None. Never raises."""
-    try:
-        return _parse(text if isinstance(text, str) else "")
-    except Exception:  # noqa: BLE001 - a parser bug must cost one sample's fields, never the run
-        return {"name": None, "category": None, "price": None}
+    return _PARSER(text)
 
 
 # ---------------------------------------------------------------- scoring
@@ -167,8 +125,19 @@ def score_many(truths: list[Truth], parsed: list[Parsed]) -> list[dict[str, floa
         ("price_error", [p.price for p in parsed], [t.price for t in truths]),
     ):
         columns.update(_metric(module).compute(predictions=preds, references=refs))
+    # One parse rate (every field read) and a read rate per field: each named as what it counts.
     columns["parsed"] = [float(None not in (p.name, p.category, p.price)) for p in parsed]
+    for f in FIELDS:
+        columns[f"{f}_read"] = [float(getattr(p, f) is not None) for p in parsed]
     return [{key: columns[key][i] for key in SCORE_KEYS} for i in range(len(truths))]
+
+
+def _identity(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _source_digest(paths: list[Path]) -> str:
+    return _identity(*(hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(paths)))
 
 
 # ---------------------------------------------------------------- data
@@ -209,13 +178,13 @@ def _truth(row: dict, where: str) -> Truth | str:
     )
 
 
-def fingerprint(samples: list[Sample]) -> str:
-    """sha256 over sorted (id, truth, image bytes digest): same data -> same fingerprint."""
+def fingerprint(samples: list[Sample], split_seed: int = SPLIT_SEED) -> str:
+    """sha256 over the split seed and sorted (id, truth, image bytes digest): same data -> same fingerprint."""
     items = [
         [s.id, s.truth.model_dump(), sources.file_digest(Path(s.image))]
         for s in sorted(samples, key=lambda s: s.id)
     ]
-    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([split_seed, items], sort_keys=True).encode()).hexdigest()
 
 
 def _signature(paths: list[Path]) -> list[list]:
@@ -247,9 +216,20 @@ def _reuse(manifest: Path, table: Path) -> TaskData | None:
         return None
 
 
+def _target_text(truth: Truth) -> str:
+    return TARGET_TEMPLATE.format(name=truth.name, category=truth.category, price=float(truth.price))
+
+
+def score_values(records: list[Record], spec: MetricSpec) -> list[float | None]:
+    """One value per record: a missing score is a failure (0) or undefined (None), as the spec says."""
+    values = [r.scores.get(spec.name) for r in records]
+    return [0.0 if v is None and spec.fill_missing else v for v in values]
+
+
 class BurberryTask:
     name = "burberry"
     description = "Product name, category and full price from a Burberry catalog image (DBQ/Burberry US)."
+    split_seed = SPLIT_SEED
 
     def __init__(self, revision: str | None = None, synthetic_size: int = 600) -> None:
         self.revision = (
@@ -259,37 +239,47 @@ class BurberryTask:
 
     # -- prompt / target / parse / score
 
-    def messages(self, sample: Sample) -> list[dict]:
+    def messages(self, sample: Sample | None = None) -> list[dict]:
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
 
     def target(self, sample: Sample) -> str:
-        t = sample.truth
-        return f"Product: {t.name}, Category: {t.category}, Full Price: {float(t.price)}"
+        return _target_text(sample.truth)
+
+    def prompt_identity(self) -> str:
+        """What the model is asked and trained to answer: part of a run's identity."""
+        return _identity(self.messages(), TARGET_TEMPLATE)
+
+    def scoring_identity(self) -> str:
+        """The parser and scorers: a finished run scored by other code is re-scored, not re-printed."""
+        return _source_digest(
+            [Path(__file__), Path(__file__).with_name("parsing.py"), *METRICS_DIR.glob("*.py")]
+        )
+
+    def metric_specs(self) -> list[MetricSpec]:
+        return list(METRIC_SPECS)
 
     def parse(self, text: str) -> Parsed:
         return Parsed(**parse_answer(text))
 
-    def score(self, truth: Truth, parsed: Parsed) -> dict[str, float | None]:
-        return score_many([truth], [parsed])[0]
+    def score(self, truths: list[Truth], parsed: list[Parsed]) -> list[dict[str, float | None]]:
+        """Per-sample scores of a whole batch: one call per evaluate module, not per sample."""
+        return score_many(truths, parsed)
 
     def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
-        """Means with 95 % bootstrap CIs; an errored record scores as an empty answer (a failure)."""
-        scores = score_many([r.truth for r in records], [Parsed() if r.error else r.parsed for r in records])
-        metrics = {key: bootstrap_ci([s[key] for s in scores if s[key] is not None]) for key in SCORE_KEYS}
-        metrics["parse_rate"] = metrics["parsed"]
+        """Means with 95 % bootstrap CIs (harness.stats, the reports' own), and per-category means."""
+        columns = [score_values(records, spec) for spec in METRIC_SPECS]
+        metrics = {
+            spec.name: MetricValue(value=mean, ci_low=low, ci_high=high, n=n)
+            for spec, (mean, low, high, n) in zip(METRIC_SPECS, mean_ci(columns), strict=True)
+        }
         per_category: dict[str, dict] = {}
+        grouped = [spec for spec in METRIC_SPECS if spec.per_group]
         for category in sorted({r.truth.category for r in records}):
-            rows = [s for r, s in zip(records, scores, strict=True) if r.truth.category == category]
-            apes = [s["price_ape"] for s in rows if s["price_ape"] is not None]
-            per_category[category] = {
-                "n": len(rows),
-                **{
-                    k: sum(s[k] for s in rows) / len(rows)
-                    for k in ("name_exact", "category_exact", "price_within_10")
-                },
-                "parse_rate": sum(s["parsed"] for s in rows) / len(rows),
-                "price_ape": sum(apes) / len(apes) if apes else None,
-            }
+            rows = [r for r in records if r.truth.category == category]
+            per_category[category] = {"n": len(rows)}
+            for spec in grouped:
+                defined = [v for v in score_values(rows, spec) if v is not None]
+                per_category[category][spec.name] = sum(defined) / len(defined) if defined else None
         return metrics, per_category
 
     # -- data
@@ -299,7 +289,6 @@ class BurberryTask:
         source: str = "hub",
         split: str = "test",
         *,
-        seed: int = 0,
         limit: int | None = None,
         cache_dir: Path | None = None,
     ) -> TaskData:
@@ -312,29 +301,33 @@ class BurberryTask:
             table, base, where = None, None, f"{HUB_ID}@{revision[:12]}"
             data_dir = cache / "hub" / revision
         elif source == "synthetic":
-            table = catalog.build_catalog(seed, self.synthetic_size, cache)
+            table = catalog.build_catalog(SYNTHETIC_SEED, self.synthetic_size, cache)
             base, where, data_dir = table.parent, "synthetic", table.parent
         else:
             table = Path(source).expanduser()
             base, where = table.parent, str(table)
             digest = hashlib.sha256(str(table.resolve()).encode()).hexdigest()[:12]
             data_dir = cache / "local" / f"{table.stem}-{digest}"
-        manifest = data_dir / f"manifest-{split}-seed{seed}{f'-limit{limit}' if limit else ''}.json"
+        manifest = (
+            data_dir / f"manifest-{split}-split{self.split_seed}{f'-limit{limit}' if limit else ''}.json"
+        )
         reused = _reuse(manifest, table) if table is not None else None
         if reused is not None:
             return reused
         df = sources.load_hub_table(HUB_ID, revision) if table is None else sources.read_table(table)
-        samples, excluded = self._samples(df, split, seed, limit, base, cache / "images", where)
+        samples, excluded = self._samples(df, split, limit, base, cache / "images", where)
         info = DataInfo(
             source=source if source in ("hub", "synthetic") else str(Path(source).expanduser()),
             split=split,
-            fingerprint=fingerprint(samples),
+            fingerprint=fingerprint(samples, self.split_seed),
             n_samples=len(samples),
             n_excluded=len(excluded),
             synthetic=source == "synthetic",
             revision=revision,
-            seed=seed,
+            split_seed=self.split_seed,
+            group_by="normalised title",
             manifest=str(manifest),
+            budget_targets=_longest_targets(df, where),
         )
         sources.write_manifest(
             manifest,
@@ -354,16 +347,14 @@ class BurberryTask:
             )
         return TaskData(samples=samples, info=info, excluded=excluded)
 
-    def _samples(
-        self, df, split, seed, limit, base, images_dir, where
-    ) -> tuple[list[Sample], list[Excluded]]:
+    def _samples(self, df, split, limit, base, images_dir, where) -> tuple[list[Sample], list[Excluded]]:
         candidates, seen = [], set()
         for index, row in enumerate(df.to_dict("records")):
             sid = _row_id(row, index)
             sid = sid if sid not in seen else f"{sid}-{index}"
             seen.add(sid)
             group = normalise(_text(row, "title"))
-            if split_of(group, seed) == split:
+            if split_of(group, self.split_seed) == split:
                 candidates.append((sid, index, row, group))
         candidates.sort(key=lambda c: c[0])
         samples: list[Sample] = []
@@ -387,7 +378,8 @@ class BurberryTask:
             for sid, index, truth, group, image, url in pending:
                 if image:
                     path = Path(image) if Path(image).is_absolute() or base is None else base / image
-                    reason = sources.check_image(path)
+                    # A full decode: a truncated file passes verify() and would crash training mid-epoch.
+                    reason = sources.check_image(path, full=True)
                 else:
                     path = fetched[url]
                     reason = path if isinstance(path, str) else None
@@ -396,3 +388,13 @@ class BurberryTask:
                 else:
                     samples.append(Sample(id=sid, image=str(path), truth=truth, group=group))
         return samples, excluded
+
+
+def _longest_targets(df: pd.DataFrame, where: str) -> list[str]:
+    """The catalog's longest targets (every split): what the generation budget is sized from."""
+    targets = {
+        _target_text(truth)
+        for index, row in enumerate(df.to_dict("records"))
+        if isinstance(truth := _truth(row, where), Truth)
+    }
+    return sorted(targets, key=lambda t: (-len(t), t))[:BUDGET_TARGETS]

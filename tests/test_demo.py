@@ -26,8 +26,8 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
     assert sorted(runs) == ["base", "tuned"]
     metrics = {k: json.loads((run / "metrics.json").read_text())["metrics"] for k, run in runs.items()}
     # The random base model cannot answer in the format; a short fine-tune can.
-    assert metrics["base"]["parse_rate"]["value"] < 0.2
-    assert metrics["tuned"]["parse_rate"]["value"] > 0.6
+    assert metrics["base"]["parsed"]["value"] < 0.2
+    assert metrics["tuned"]["parsed"]["value"] > 0.6
     # The paired comparison behind the report calls that significant...
     comparison = compare_runs(read_run(runs["base"]), read_run(runs["tuned"])).by_name()
     assert comparison["parsed"].better and not comparison["parsed"].worse

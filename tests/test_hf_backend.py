@@ -111,9 +111,7 @@ def test_adapter_dir_without_config_is_a_clear_error(tiny, tmp_path):
 
 @pytest.mark.parametrize("revision", [None, "main"])
 def test_trust_remote_code_needs_a_pinned_revision(revision):
-    info = ModelInfo(name="x", path="org/model", revision=revision, trust_remote_code=True)
-    with pytest.raises(HarnessError, match="pinned --revision"):
-        load_model_and_processor(info)
+    # The policy lives with model identity (harness.models), applied before any loader runs.
     with pytest.raises(HarnessError, match="pinned --revision"):
         resolve("org/model", revision=revision, trust_remote_code=True)
 
@@ -149,3 +147,47 @@ def test_hub_model_not_in_the_cache_is_a_clear_error_offline():
         load_generator(resolve("phi-3-vision"), device="cpu")
     with pytest.raises(HarnessError, match="cannot load model 'org/none'"):
         load_generator(resolve("org/none"), device="cpu")
+
+
+def test_tuned_model_is_measured_unmerged_as_trained_in_bf16(tmp_path):
+    """LoRA deltas below half a bf16 ulp vanish when merged into bf16 weights: the harness must
+    evaluate the adapter as the training callback saw it (unmerged), not a rounded-away merge."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    info = resolve("tiny-phi3v")
+    base, processor, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
+    targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    peft_model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)
+    )
+    with torch.no_grad():  # every delta far below half an ulp of a typical bf16 weight (~6e-5)
+        for module in peft_model.modules():
+            if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+                delta = (
+                    module.lora_B["default"].weight
+                    @ module.lora_A["default"].weight
+                    * module.scaling["default"]
+                )
+                module.lora_B["default"].weight.mul_(3e-5 / delta.abs().max())
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    tuned = load_generator(info.model_copy(update={"adapter": str(tmp_path / "adapter")}), "cpu", "bfloat16")
+    fresh, _, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
+    unmerged = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    merged_base, _, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
+    merged = PeftModel.from_pretrained(merged_base, str(tmp_path / "adapter")).merge_and_unload().eval()
+
+    ps, ims = prompts(tuned, 4), [noise(i) for i in range(4)]
+    inputs = processor(text=ps, images=ims, padding=True, padding_side="left", return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    with torch.inference_mode():
+        logits = {
+            name: model(**inputs).logits[:, -1].float()
+            for name, model in (("harness", tuned.model), ("unmerged", unmerged), ("merged", merged))
+        }
+    assert torch.equal(logits["harness"], logits["unmerged"])
+    assert not torch.equal(logits["merged"], logits["unmerged"])  # the merge really loses the deltas
+    reference = load_generator(info, "cpu", "bfloat16")
+    reference.model = unmerged
+    assert tuned.generate(ps, ims, 12) == reference.generate(ps, ims, 12)

@@ -85,18 +85,13 @@ def test_hd_layout_separators_and_merge_order():
     d = config.vision_config.hidden_size
     n_patch = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
 
-    class FakeClip(nn.Module):
-        """hidden_states[-2] of crop c, patch p (after CLS) holds the value 1000c + p; others hold junk."""
+    def fake_penultimate(crops):
+        """The penultimate CLIP layer of crop c, patch p (after CLS) holds the value 1000c + p."""
+        n = crops.shape[0]
+        marked = torch.arange(n)[:, None] * 1000.0 + torch.arange(-1, n_patch)[None]
+        return marked[..., None].expand(n, n_patch + 1, d)
 
-        def forward(self, crops, output_hidden_states=True):
-            n = crops.shape[0]
-            marked = torch.arange(n)[:, None] * 1000.0 + torch.arange(-1, n_patch)[None]
-            junk = torch.full((n, n_patch + 1, d), -7.0)
-            return type(
-                "Out", (), {"hidden_states": (junk, marked[..., None].expand(n, n_patch + 1, d), junk)}
-            )
-
-    emb.img_processor = FakeClip()
+    emb.clip_penultimate = fake_penultimate
     with torch.no_grad():  # distinct separators (a bare module starts them at zero, as the official code)
         emb.sub_GN.fill_(-1.0)
         emb.glb_GN.fill_(-2.0)
@@ -315,3 +310,80 @@ def test_vision_config_defaults_to_vit_l_336_and_merges_overrides():
     assert small.vision_config.patch_size == 14 and small.tokens_per_side == 8
     with pytest.raises(ValueError, match="even"):
         Phi3VConfig(vision_config={"image_size": 42})
+
+
+def fresh_model(tiny_dir, attn: str = "sdpa") -> Phi3VForCausalLM:
+    """An unshared model: output-capture hooks are per-instance state, the module fixture must stay clean."""
+    model = Phi3VForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, attn_implementation=attn)
+    assert model.model.vision_embed_tokens.img_processor.vision_model.config._attn_implementation == attn
+    return model.eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_image_features_survive_output_hidden_states_and_attentions(tiny_dir, tiny, attn):
+    """transformers 5 installs the output-capture hooks on the CLIP tower again after a whole-model
+    forward with output_hidden_states/output_attentions; hidden_states[-2] then was the last layer."""
+    model = fresh_model(tiny_dir, attn)
+    processor = tiny[1]
+    batch = processor(prompt(processor, "What is it?"), [noise(60, 40, 14)])
+    crops = batch["pixel_values"][0, :3]  # global + 2 x 1 sub-crops
+    emb = model.model.vision_embed_tokens
+    flags = [{"output_hidden_states": True}] + ([{"output_attentions": True}] if attn == "eager" else [])
+    runs = []
+    with torch.no_grad():
+        for extra in [{}, *flags]:
+            if extra:
+                out = model(**batch, **extra)
+                assert out.hidden_states or out.attentions
+            runs.append((emb.crop_features(crops), emb(batch["pixel_values"], batch["image_sizes"])))
+            runs[-1] += (model(**batch).logits[0, -1],)
+    assert len(runs) == 1 + len(flags)
+    for later in runs[1:]:
+        for a, b in zip(runs[0], later, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_crop_features_are_the_clean_penultimate_clip_layer(tiny_dir):
+    """The directly computed layer equals hidden_states[-2] (no CLS) of a fresh tower's own forward."""
+    model = fresh_model(tiny_dir)
+    emb = model.model.vision_embed_tokens
+    tower = emb.img_processor.vision_model
+    n_layers = tower.config.num_hidden_layers
+    crops = torch.randn(3, 3, emb.crop_size, emb.crop_size, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        out = emb.img_processor(crops, output_hidden_states=True)  # before any hook could be doubled
+        assert len(out.hidden_states) == n_layers + 1
+        reference = out.hidden_states[-2]
+        assert not torch.allclose(reference, out.hidden_states[-1])
+        penultimate = emb.clip_penultimate(crops)
+        feats = emb.crop_features(crops)
+    assert torch.equal(penultimate, reference)
+    n, _, d = reference.shape
+    s = emb.side
+    merged = reference[:, 1:].reshape(n, s, 2, s, 2, d).permute(0, 1, 3, 2, 4, 5).reshape(n, s, s, 4 * d)
+    assert torch.equal(feats, merged)
+
+
+def test_clip_last_layer_is_skipped_but_kept_and_vision_layers_checkpoint(tiny_dir):
+    model = fresh_model(tiny_dir).train()
+    emb = model.model.vision_embed_tokens
+    layers = emb.img_processor.vision_model.encoder.layers
+    last = f"model.vision_embed_tokens.img_processor.vision_model.encoder.layers.{len(layers) - 1}."
+    assert any(k.startswith(last) for k in model.state_dict())  # still a checkpoint key
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        # On a submodule: a checkpointed layer's own hooks stay outside the checkpoint, its MLP's rerun.
+        layer.mlp.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    crops = torch.randn(2, 3, emb.crop_size, emb.crop_size, generator=torch.Generator().manual_seed(16))
+    counts, grads = [], []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert all(layer.gradient_checkpointing for layer in layers)
+        model.zero_grad()
+        calls[:] = [0] * len(layers)
+        emb.crop_features(crops).square().sum().backward()
+        counts.append(list(calls))
+        grads.append(layers[0].self_attn.q_proj.weight.grad.clone())
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert counts == [[1] * (len(layers) - 1) + [0], [2] * (len(layers) - 1) + [0]]  # recomputed in backward

@@ -8,14 +8,17 @@ from PIL import Image
 
 from harness.schema import (
     CONFIG_FILE,
+    METRICS_FILE,
     PREDICTIONS_FILE,
     DataInfo,
     ModelInfo,
     Parsed,
     Record,
     RunConfig,
+    RunMetrics,
     Truth,
 )
+from tasks.burberry import METRIC_SPECS
 
 CATEGORIES = ["Coats", "Scarves", "Bags"]
 
@@ -54,6 +57,9 @@ def record(
         "price_ape": ape,
         "price_log_error": None if ape is None else abs(__import__("math").log1p(ape)),
         "parsed": 1.0,
+        "name_read": 1.0,
+        "category_read": 1.0,
+        "price_read": float(ape is not None),
     }
     if error:
         return Record(id=f"s{i:03d}", image=img, prompt="p", truth=truth, error=error)
@@ -73,13 +79,18 @@ def write_run(
     created: str = "2026-01-01T00:00:00",
     source: str = "synthetic",
     torn: bool = False,
+    status: str | None = "complete",  # None: unfinished (no metrics.json)
+    path: str | None = None,
+    specs=METRIC_SPECS,
 ) -> Path:
     run = root / dirname
     run.mkdir(parents=True)
     config = RunConfig(
         task="burberry",
         model=ModelInfo(
-            name=model, path=f"/models/{model}", adapter="/adapters/x" if "tuned" in model else None
+            name=model,
+            path=path or f"/models/{model}",
+            adapter="/adapters/x" if "tuned" in model else None,
         ),
         data=DataInfo(
             source=source,
@@ -90,8 +101,18 @@ def write_run(
         ),
         versions={"transformers": "5.24"},
         created=created,
+        metric_specs=list(specs),
     )
     (run / CONFIG_FILE).write_text(config.model_dump_json())
+    if status is not None:
+        metrics = RunMetrics(
+            task="burberry",
+            model=model,
+            n=len(records),
+            status=status,
+            reason=None if status == "complete" else "x",
+        )
+        (run / METRICS_FILE).write_text(metrics.model_dump_json())
     lines = "".join(r.model_dump_json() + "\n" for r in records)
     if torn:
         lines += records[0].model_dump_json()[:40]  # a crash mid-append

@@ -76,7 +76,7 @@ def report(tmp_path_factory):
     write_run(runs, "base-run", "base", a_recs)
     write_run(runs, "tuned-run", "tuned", b_recs, torn=True)
     out = root / "out" / "cmp.md"
-    result = make_report("base", "tuned", runs_dir=runs, out=out, wandb=True, n_boot=1000)
+    result = make_report(runs / "base-run", runs / "tuned-run", out=out, wandb=True, n_boot=1000)
     return result, out.read_text()
 
 
@@ -117,7 +117,7 @@ def test_report_names_what_was_compared(report):
         assert expected in md
     assert "McNemar exact" in md and "Wilcoxon signed-rank" in md
     assert "torn last line dropped | no | yes" in md
-    assert "| errors | 0 | 1 |" in md
+    assert "| errors (scored as wrong) | 0 | 1 |" in md
     assert result.exit_code == 0 and result.comparison.by_name()["category_exact"].better
 
 
@@ -151,7 +151,7 @@ def test_single_run_report(tmp_path):
     recs = [record(i, correct=i % 2 == 0, ape=0.1 * (i % 4) if i % 5 else None, sim=60) for i in range(12)]
     recs[4] = record(4, correct=True, ape=None, sim=0, error="timeout")
     write_run(runs, "only", "tiny", recs)
-    result = make_report("tiny", None, runs_dir=runs, out=tmp_path / "tiny.md", n_boot=500)
+    result = make_report(runs / "only", None, out=tmp_path / "tiny.md", n_boot=500)
     md = result.markdown.read_text()
     assert result.comparison is None and result.exit_code == 0
     assert "| category accuracy | 12 | 41.7 % |" in md  # 5 of 12 right (the errored one counts as wrong)

@@ -8,7 +8,9 @@ from scipy import stats
 from test_report_fakes import record, write_run
 
 from harness.errors import HarnessError
-from reports.compare import bootstrap_means, compare_runs, read_run
+from harness.models import find_runs
+from harness.stats import bootstrap_means
+from reports.compare import compare_runs, read_run
 from reports.report import make_report
 
 # A: right on even ids; B: right on ids divisible by 3 or 4 -> known discordant counts.
@@ -80,51 +82,127 @@ def test_ci_and_verdict_on_a_clear_regression(tmp_path):
 
 def test_fail_if_worse_exit_codes(tmp_path):
     runs = tmp_path / "runs"
-    write_run(runs, "a", "base", [record(i, correct=True, ape=0.01, sim=90) for i in range(40)])
-    write_run(runs, "b", "tuned", [record(i, correct=i % 4 == 0, ape=0.01, sim=90) for i in range(40)])
-    kw = dict(runs_dir=runs, n_boot=1000)
-    worse = make_report("base", "tuned", out=tmp_path / "w.md", fail_if_worse=["category_exact"], **kw)
+    a = write_run(runs, "a", "base", [record(i, correct=True, ape=0.01, sim=90) for i in range(40)])
+    b = write_run(runs, "b", "tuned", [record(i, correct=i % 4 == 0, ape=0.01, sim=90) for i in range(40)])
+    kw = dict(n_boot=1000)
+    worse = make_report(a, b, out=tmp_path / "w.md", fail_if_worse=["category_exact"], **kw)
     assert worse.exit_code == 1 and worse.worse == {"category_exact": True}
-    same = make_report("base", "tuned", out=tmp_path / "s.md", fail_if_worse=["price_ape"], **kw)
+    same = make_report(a, b, out=tmp_path / "s.md", fail_if_worse=["price_ape"], **kw)
     assert same.exit_code == 0 and same.worse == {"price_ape": False}
-    better = make_report("tuned", "base", out=tmp_path / "b.md", fail_if_worse=["category_exact"], **kw)
+    better = make_report(b, a, out=tmp_path / "b.md", fail_if_worse=["category_exact"], **kw)
     assert better.exit_code == 0
     with pytest.raises(HarnessError, match="unknown metric 'accuracy'.*category_exact"):
-        make_report("base", "tuned", fail_if_worse=["accuracy"], **kw)
+        make_report(a, b, fail_if_worse=["accuracy"], **kw)
 
 
 def test_different_fingerprints_are_refused(tmp_path):
     runs = tmp_path / "runs"
-    write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
-    write_run(
+    a = write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
+    b = write_run(
         runs, "b", "tuned", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)], fingerprint="other"
     )
     with pytest.raises(HarnessError, match="different data fingerprints"):
-        make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md")
-    with pytest.raises(HarnessError, match="different data fingerprints"):
-        make_report(str(runs / "a"), str(runs / "b"), runs_dir=runs, out=tmp_path / "r.md")
+        make_report(a, b, out=tmp_path / "r.md")
     assert not (tmp_path / "r.md").exists()
 
 
 def test_same_fingerprint_different_ids_are_refused(tmp_path):
     runs = tmp_path / "runs"
-    write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
-    write_run(runs, "b", "tuned", [record(i, correct=True, ape=0.1, sim=50) for i in range(8)])
+    a = write_run(runs, "a", "base", [record(i, correct=True, ape=0.1, sim=50) for i in range(10)])
+    b = write_run(runs, "b", "tuned", [record(i, correct=True, ape=0.1, sim=50) for i in range(8)])
     with pytest.raises(HarnessError, match="different sample ids: 2 only in A, 0 only in B"):
-        make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md")
+        make_report(a, b, out=tmp_path / "r.md")
 
 
-def test_model_names_resolve_to_the_newest_pair_on_the_same_test_set(tmp_path):
+def test_model_names_resolve_to_the_newest_pair_on_the_same_test_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(10)]
-    write_run(runs, "base-old", "base", recs, created="2026-01-01")
-    write_run(runs, "tuned-same", "tuned", recs, created="2026-01-02")
-    write_run(runs, "tuned-newer-other-set", "tuned", recs, fingerprint="other", created="2026-01-03")
-    write_run(runs, "tiny", "tiny", recs, created="2026-01-04")
-    result = make_report("base", "tuned", runs_dir=runs, out=tmp_path / "r.md", n_boot=500)
+    write_run(runs, "base-old", "org/base", recs, created="2026-01-01", path="org/base")
+    write_run(runs, "tuned-same", "org/other", recs, created="2026-01-02", path="org/other")
+    write_run(
+        runs, "other-newer-set", "org/other", recs, fingerprint="x", created="2026-01-03", path="org/other"
+    )
+    write_run(runs, "tiny", "tiny", recs, created="2026-01-04", path="org/tiny")
+    found = {n: find_runs(n, task="burberry", data=None, runs_dir=runs) for n in ("org/base", "org/other")}
+    assert [p.name for p in found["org/other"]] == ["other-newer-set", "tuned-same"]  # newest first
+    result = make_report(found["org/base"], found["org/other"], out=tmp_path / "r.md", n_boot=500)
     assert (result.run_a.name, result.run_b.name) == ("base-old", "tuned-same")
-    with pytest.raises(HarnessError, match="no run of model 'large'"):
-        make_report("base", "large", runs_dir=runs)
+    with pytest.raises(HarnessError, match="no run of model 'org/large'"):
+        find_runs("org/large", task="burberry", data=None, runs_dir=runs)
+
+
+def test_report_names_resolve_as_run_does_not_literally(tmp_path, monkeypatch):
+    """A run made with --model base is found as phi-3-vision, and a hub id is a model, not a path."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    recs = [record(i, correct=i % 2 == 0, ape=0.1, sim=50) for i in range(10)]
+    phi3 = "microsoft/Phi-3-vision-128k-instruct"
+    write_run(tmp_path / "runs", "by-alias", "base", recs, path=phi3)
+    write_run(tmp_path / "runs", "hub", "org/model", recs, path="org/model")
+    by_real_name = find_runs("phi-3-vision", task="burberry", data=None, runs_dir=tmp_path / "runs")
+    assert [p.name for p in by_real_name] == ["by-alias"]
+    out = CliRunner().invoke(app, ["report", "phi-3-vision", "org/model", "--out", "r.md"])
+    assert out.exit_code == 0, out.output
+    assert "by-alias" in (tmp_path / "r.md").read_text()
+    (tmp_path / "harness.toml").write_text('[aliases]\nbase = "phi-3.5-vision"\n')
+    moved = CliRunner().invoke(app, ["report", "base"])  # base now names another model: no stale run
+    assert moved.exit_code == 2 and "no run of model 'base'" in moved.output
+
+
+def test_incomplete_and_unfinished_runs_are_refused_unless_allowed(tmp_path):
+    recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(10)]
+    good = write_run(tmp_path, "good", "base", recs)
+    bad = write_run(tmp_path, "bad", "tuned", recs, status="incomplete")
+    unfinished = write_run(tmp_path, "unfinished", "tuned2", recs, status=None)
+    for run, why in ((bad, "incomplete"), (unfinished, "unfinished")):
+        with pytest.raises(HarnessError, match=f"{why}.*--allow-incomplete"):
+            make_report(good, run, out=tmp_path / "r.md")
+        result = make_report(good, run, out=tmp_path / "r.md", allow_incomplete=True, n_boot=200)
+        assert f"is {why}" in result.markdown.read_text()
+
+
+def test_only_metrics_both_runs_scored_are_compared(tmp_path):
+    """A metric missing from one run is left out and listed, never compared against a filled-in 0."""
+    a_recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(20)]
+    b_recs = [record(i, correct=True, ape=0.1, sim=50) for i in range(20)]
+    for r in b_recs:
+        r.scores.pop("price_within_10")
+    a = write_run(tmp_path, "a", "base", a_recs)
+    b = write_run(tmp_path, "b", "tuned", b_recs)
+    result = make_report(a, b, out=tmp_path / "r.md", n_boot=200)
+    assert "price_within_10" not in result.comparison.by_name()
+    assert result.comparison.left_out == {"price_within_10": "only in A"}
+    assert (
+        "Not compared (scored by one run only): price within 10 % (only in A)" in result.markdown.read_text()
+    )
+
+
+def test_single_run_report_cis_equal_metrics_json(tmp_path):
+    """One bootstrap: the report's CIs of a run are exactly its metrics.json's."""
+    from harness.schema import METRICS_FILE, RunMetrics
+    from reports.compare import summarize_run
+    from tasks.burberry import BurberryTask
+
+    recs = [
+        record(i, correct=i % 3 == 0, ape=None if i % 4 == 0 else 0.05 * (i % 6), sim=30 + i)
+        for i in range(40)
+    ]
+    values, _ = BurberryTask().aggregate(recs)
+    run = write_run(tmp_path, "run", "base", recs)
+    metrics = RunMetrics(task="burberry", model="base", n=40, metrics=values)
+    (run / METRICS_FILE).write_text(metrics.model_dump_json())
+    summary = {s.metric: s for s in summarize_run(read_run(run))}
+    for name, value in values.items():
+        assert (summary[name].value, summary[name].ci_low, summary[name].ci_high, summary[name].n) == (
+            value.value,
+            value.ci_low,
+            value.ci_high,
+            value.n,
+        ), name
 
 
 def test_torn_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_path):

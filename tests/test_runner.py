@@ -14,7 +14,7 @@ import backends.hf
 from harness.errors import HarnessError
 from harness.models import resolve
 from harness.runner import run_eval
-from harness.schema import DataInfo, MetricValue, Parsed, Record, Sample, Truth
+from harness.schema import DataInfo, MetricSpec, MetricValue, Parsed, Record, Sample, Truth
 from harness.store import load_run
 from tasks.base import TaskData
 
@@ -24,8 +24,11 @@ class FakeTask:
 
     name = "fake"
     description = "test task"
+    split_seed = 0
+    scoring = "v1"
 
-    def load(self, source, split, *, seed=0, limit=None, cache_dir=None) -> TaskData:
+    def load(self, source, split, *, limit=None, cache_dir=None) -> TaskData:
+        seed = 0
         root = Path(source)
         root.mkdir(parents=True, exist_ok=True)
         samples = []
@@ -37,7 +40,7 @@ class FakeTask:
             truth = Truth(name=f"item {i}", category="BAGS" if i % 2 else "SHOES", price=100.0 + i)
             samples.append(Sample(id=f"s{i:03d}", image=str(path), truth=truth))
         digest = hashlib.sha256(b"".join(Path(s.image).read_bytes() for s in samples)).hexdigest()
-        info = DataInfo(source=str(root), split=split, fingerprint=digest, n_samples=len(samples), seed=seed)
+        info = DataInfo(source=str(root), split=split, fingerprint=digest, n_samples=len(samples))
         return TaskData(samples=samples, info=info)
 
     def messages(self, sample):
@@ -48,11 +51,26 @@ class FakeTask:
     def target(self, sample):
         return sample.truth.name
 
+    def prompt_identity(self):
+        return "name-the-product"
+
+    def scoring_identity(self):
+        return self.scoring
+
+    def metric_specs(self):
+        return [
+            MetricSpec(name="name_exact", label="name exact", binary=True),
+            MetricSpec(name="answered", label="answered"),
+        ]
+
     def parse(self, text):
         return Parsed(name=text.strip() or None)
 
-    def score(self, truth, parsed):
-        return {"name_exact": float(parsed.name == truth.name), "answered": float(parsed.name is not None)}
+    def score(self, truths, parsed):
+        return [
+            {"name_exact": float(p.name == t.name), "answered": float(p.name is not None)}
+            for t, p in zip(truths, parsed, strict=True)
+        ]
 
     def aggregate(self, records: list[Record]):
         metrics = {}
@@ -76,7 +94,8 @@ def run(tmp_path, tiny, **kwargs) -> Path:
         "data": str(tmp_path / "data"),
         "output_dir": tmp_path / "runs",
     }
-    args.update(max_new_tokens=8, device="cpu")
+    args.setdefault("max_new_tokens", 8)
+    args["device"] = "cpu"
     return run_eval(**{**args, **kwargs})
 
 
@@ -145,7 +164,7 @@ def test_finished_rerun_reprints_without_loading_the_model(tmp_path, tiny, monke
     again = run(tmp_path, tiny, batch_size=2)
     assert again == first
     assert before == ((first / "metrics.json").read_bytes(), (first / "predictions.jsonl").read_bytes())
-    assert "name_exact" in capsys.readouterr().out
+    assert "name exact" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="model was loaded"):
         run(tmp_path, tiny, batch_size=2, fresh=True)  # --fresh really starts over
 

@@ -71,8 +71,10 @@ def test_sigkilled_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     _, records, metrics = load_run(resumed)
     _, ref_records, ref_metrics = load_run(reference)
     assert [r.id for r in records] == [f"s{i:03d}" for i in range(20)]  # exactly one record per sample
-    strip = {"latency_s"}
+    strip = {"latency_s", "batch_size"}
     assert [r.model_dump(exclude=strip) for r in records] == [
         r.model_dump(exclude=strip) for r in ref_records
     ]
-    assert metrics.model_dump(exclude={"wall_s"}) == ref_metrics.model_dump(exclude={"wall_s"})
+    assert metrics.model_dump(exclude={"wall_s", "batch_size"}) == ref_metrics.model_dump(
+        exclude={"wall_s", "batch_size"}
+    )

@@ -40,18 +40,51 @@ def record(i: int) -> Record:
     )
 
 
-def test_run_identity_ignores_batch_size_device_and_the_typed_name():
+def test_run_identity_is_what_decides_the_outputs():
     key = run_key(config())
-    assert key == run_key(config(batch_size=1, device="cuda", dtype="bfloat16", git_sha="x", created="now"))
+    # Not the batch size, the device index, provenance or the name typed.
+    assert key == run_key(config(batch_size=1, git_sha="x", created="now", device="cpu"))
     assert key == run_key(config(model=ModelInfo(name="phi-3-vision", path="org/model", revision="abc")))
+    assert run_key(config(device="cuda:0")) == run_key(config(device="cuda:1"))
+    assert key == run_key(
+        config(generation=GenerationInfo(max_new_tokens="auto", resolved_max_new_tokens=40))
+    )
+    # Everything that can change an output does.
     assert key != run_key(config(limit=None))
     assert key != run_key(config(generation=GenerationInfo(max_new_tokens=8)))
+    assert key != run_key(config(device="cuda:0"))
+    assert key != run_key(config(dtype="bfloat16"))
+    assert key != run_key(config(prompt="another question"))
     assert key != run_key(
         config(data=DataInfo(source="synthetic", split="test", fingerprint="f2", n_samples=3))
     )
     assert key != run_key(
-        config(model=ModelInfo(name="base", path="org/model", revision="abc", adapter="/a"))
+        config(data=DataInfo(source="synthetic", split="test", fingerprint="f1", n_samples=3, split_seed=1))
     )
+    for change in (
+        {"revision": "def"},
+        {"adapter": "/a"},
+        {"num_crops": 4},
+        {"attn_implementation": "eager"},
+        {"trust_remote_code": True},
+    ):
+        model = {"name": "base", "path": "org/model", "revision": "abc", **change}
+        assert key != run_key(config(model=ModelInfo(**model)))
+
+
+def test_local_models_are_identified_by_content_not_path():
+    def local(path, content, adapter=None, adapter_content=None):
+        return config(
+            model=ModelInfo(
+                name="m", path=path, content=content, adapter=adapter, adapter_content=adapter_content
+            )
+        )
+
+    assert run_key(local("/a/model", "h1")) == run_key(local("/moved/copy", "h1"))
+    assert run_key(local("/a/model", "h1")) != run_key(local("/a/model", "h2"))  # re-written in place
+    same = run_key(local("/m", "h1", "/out/x", "a1"))
+    assert same == run_key(local("/m", "h1", "/elsewhere/x", "a1"))
+    assert same != run_key(local("/m", "h1", "/out/x", "a2"))  # re-trained into the same directory
 
 
 def test_append_resume_and_fresh(tmp_path):

@@ -64,15 +64,18 @@ def test_images_show_the_category(tmp_path):
 
 def test_synthetic_load_split_and_labels(tmp_path):
     task = BurberryTask(synthetic_size=200)
-    data = {split: task.load("synthetic", split, seed=0, cache_dir=tmp_path) for split in SPLITS}
+    data = {split: task.load("synthetic", split, cache_dir=tmp_path) for split in SPLITS}
     assert_no_leakage({k: v.samples for k, v in data.items()})
     assert sum(len(d.samples) for d in data.values()) == 200
     assert len(data["test"].samples) > 10 and len(data["train"].samples) > len(data["test"].samples)
     info = data["test"].info
     assert info.synthetic and info.source == "synthetic" and info.n_excluded == 0
-    again = task.load("synthetic", "test", seed=0, cache_dir=tmp_path)
-    assert again.info.fingerprint == info.fingerprint
+    again = task.load("synthetic", "test", cache_dir=tmp_path)
+    assert again.info.fingerprint == info.fingerprint and info.split_seed == task.split_seed == 0
     assert [s.id for s in again.samples] == sorted(s.id for s in again.samples)
-    assert task.load("synthetic", "test", seed=1, cache_dir=tmp_path).info.fingerprint != info.fingerprint
-    limited = task.load("synthetic", "test", seed=0, limit=5, cache_dir=tmp_path)
+    other = BurberryTask(synthetic_size=200)
+    other.split_seed = 1  # the split is the task's: another split seed is another test set
+    moved = other.load("synthetic", "test", cache_dir=tmp_path)
+    assert moved.info.fingerprint != info.fingerprint and moved.info.split_seed == 1
+    limited = task.load("synthetic", "test", limit=5, cache_dir=tmp_path)
     assert [s.id for s in limited.samples] == [s.id for s in again.samples[:5]]

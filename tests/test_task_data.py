@@ -122,6 +122,19 @@ def test_hub_offline_without_cache_suggests_synthetic(tmp_path):
         BurberryTask(revision="0" * 40).load("hub", "test", cache_dir=tmp_path)
 
 
+def _truncated_jpeg() -> bytes:
+    """Half a JPEG: Image.verify() passes it, decoding it fails (it would crash training mid-epoch)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    data = buf.getvalue()[: len(buf.getvalue()) // 2]
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()  # the point: a check by verify() alone lets it through
+    return data
+
+
 def _write_catalog(folder, n=40):
     (folder / "img").mkdir()
     rows = []
@@ -131,6 +144,8 @@ def _write_catalog(folder, n=40):
                      "full_price": 1000.0 + i, "image": f"img/{i}.png"})  # fmt: skip
     rows[3]["full_price"] = "abc"
     (folder / "img" / "5.png").write_bytes(b"garbage")
+    rows[1]["image"] = "img/1.jpg"
+    (folder / "img" / "1.jpg").write_bytes(_truncated_jpeg())
     rows[7]["image"] = str(folder / "img" / "7.png")  # absolute paths work too
     rows[9]["image"] = "img/does-not-exist.png"
     return pd.DataFrame(rows)
@@ -151,12 +166,14 @@ def test_local_tables(fmt, tmp_path):
     assert_no_leakage({k: v.samples for k, v in splits.items()})
     kept = {s.id for d in splits.values() for s in d.samples}
     excluded = {e.id: e.reason for d in splits.values() for e in d.excluded}
-    assert set(excluded) == {"503", "505", "509"} and kept == {str(500 + i) for i in range(40)} - set(
-        excluded
-    )
+    assert set(excluded) == {"501", "503", "505", "509"}
+    assert kept == {str(500 + i) for i in range(40)} - set(excluded)
     assert "row 3" in excluded["503"] and "full_price" in excluded["503"]
     assert "not a readable image" in excluded["505"] and "not found" in excluded["509"]
-    assert sum(d.info.n_excluded for d in splits.values()) == 3
+    assert (
+        "not a readable image" in excluded["501"] and "1.jpg" in excluded["501"]
+    )  # truncated: fully decoded
+    assert sum(d.info.n_excluded for d in splits.values()) == 4
     sample = next(s for d in splits.values() for s in d.samples if s.id == "507")
     assert sample.truth.price == 1007.0 and sample.group == "wool cape 3"
 

@@ -7,24 +7,31 @@ import math
 import pytest
 
 from harness.schema import Parsed, Record, Truth
+from harness.stats import mean_ci
 from tasks.burberry import SCORE_KEYS, BurberryTask
-from tasks.stats import bootstrap_ci
 
 TASK = BurberryTask()
 TRUTH = Truth(name="Vintage Check Cashmere Scarf", category="PONCHOS & CAPES", price=1000.0)
 
 
+def score(truth: Truth, parsed: Parsed) -> dict:
+    return TASK.score([truth], [parsed])[0]
+
+
+def bootstrap_ci(values):
+    mean, low, high, n = mean_ci([values])[0]
+    return mean, low, high, n
+
+
 def test_perfect_answer_with_other_spelling():
-    s = TASK.score(
-        TRUTH, Parsed(name="vintage  check cashmere-scarf", category="Ponchos and Capes", price=1000)
-    )
+    s = score(TRUTH, Parsed(name="vintage  check cashmere-scarf", category="Ponchos and Capes", price=1000))
     assert s["name_exact"] == 1.0 and s["name_similarity"] == 100.0 and s["category_exact"] == 1.0
     assert s["price_abs_error"] == 0.0 and s["price_ape"] == 0.0 and s["price_log_error"] == 0.0
     assert s["price_within_10"] == s["price_within_25"] == s["parsed"] == 1.0
 
 
 def test_price_errors_hand_checked():
-    s = TASK.score(TRUTH, Parsed(name="Check Scarf", category="CAPES", price=1200.0))
+    s = score(TRUTH, Parsed(name="Check Scarf", category="CAPES", price=1200.0))
     assert s["price_abs_error"] == pytest.approx(200.0)
     assert s["price_ape"] == pytest.approx(0.2)
     assert s["price_within_10"] == 0.0 and s["price_within_25"] == 1.0
@@ -32,19 +39,21 @@ def test_price_errors_hand_checked():
     assert s["category_exact"] == 0.0 and s["name_exact"] == 0.0
     # token-sort ratio of "check scarf" vs "vintage check cashmere scarf" = 2*11/(11+28)
     assert s["name_similarity"] == pytest.approx(200 * 11 / 39, abs=0.01)
-    low = TASK.score(TRUTH, Parsed(price=500.0))
+    low = score(TRUTH, Parsed(price=500.0))
     assert low["price_ape"] == pytest.approx(0.5) and low["price_log_error"] == pytest.approx(math.log(2))
 
 
 def test_missing_price_is_a_miss_not_zero():
-    s = TASK.score(TRUTH, Parsed(name="Vintage Check Cashmere Scarf", category="PONCHOS & CAPES"))
+    s = score(TRUTH, Parsed(name="Vintage Check Cashmere Scarf", category="PONCHOS & CAPES"))
     assert s["price_abs_error"] is None and s["price_ape"] is None and s["price_log_error"] is None
     assert s["price_within_10"] == 0.0 and s["price_within_25"] == 0.0 and s["parsed"] == 0.0
-    zero = TASK.score(TRUTH, Parsed(price=0.0))
+    zero = score(TRUTH, Parsed(price=0.0))
     assert zero["price_ape"] == 1.0 and zero["price_log_error"] is None and zero["name_similarity"] == 0.0
 
 
 def _record(i, parsed, truth=TRUTH, error=None):
+    """As the runner writes it: an errored sample is scored as an empty answer."""
+    parsed = Parsed() if error else parsed
     return Record(
         id=str(i),
         image="x.png",
@@ -53,6 +62,7 @@ def _record(i, parsed, truth=TRUTH, error=None):
         parsed=parsed,
         truth=truth,
         error=error,
+        scores=score(truth, parsed),
     )
 
 
@@ -68,30 +78,34 @@ def test_aggregate_counts_errors_as_failures():
     ]
     records[3] = _record(3, Parsed(name="Leather Boots", category="BOOTS"), other)
     metrics, per_cat = TASK.aggregate(records)
-    assert set(SCORE_KEYS) | {"parse_rate"} <= set(metrics)
-    assert metrics["parse_rate"].value == pytest.approx(2 / 5) and metrics["parse_rate"].n == 5
+    assert set(SCORE_KEYS) == set(metrics) and "parse_rate" not in metrics  # one name per number
+    assert metrics["parsed"].value == pytest.approx(2 / 5) and metrics["parsed"].n == 5
+    assert metrics["name_read"].value == pytest.approx(3 / 5) and metrics[
+        "price_read"
+    ].value == pytest.approx(2 / 5)
     assert metrics["name_exact"].value == pytest.approx(3 / 5)
     assert metrics["price_within_10"].value == pytest.approx(2 / 5)
     assert metrics["price_ape"].n == 2 and metrics["price_ape"].value == pytest.approx(0.05)
     assert metrics["price_ape"].ci_low == metrics["price_ape"].ci_high == pytest.approx(0.05)
     assert per_cat["PONCHOS & CAPES"] == {
         "n": 3, "name_exact": pytest.approx(2 / 3), "category_exact": pytest.approx(2 / 3),
-        "price_within_10": pytest.approx(2 / 3), "parse_rate": pytest.approx(2 / 3), "price_ape": pytest.approx(0.05),
+        "price_within_25": pytest.approx(2 / 3), "parsed": pytest.approx(2 / 3), "price_ape": pytest.approx(0.05),
     }  # fmt: skip
     assert per_cat["BOOTS"]["n"] == 2 and per_cat["BOOTS"]["price_ape"] is None
     assert per_cat["BOOTS"]["category_exact"] == 0.5
 
 
 def test_bootstrap_edge_cases_and_shrinking_width():
-    assert bootstrap_ci([]).value is None
-    one = bootstrap_ci([0.7])
-    assert (one.value, one.ci_low, one.ci_high, one.n) == (0.7, 0.7, 0.7, 1)
-    const = bootstrap_ci([1.0] * 50)
-    assert const.ci_low == const.ci_high == 1.0
+    assert bootstrap_ci([]) == (None, None, None, 0)
+    assert bootstrap_ci([None, None]) == (None, None, None, 0)
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7, 1)
+    assert bootstrap_ci([None, 0.7]) == (0.7, 0.7, 0.7, 1)  # undefined values are left out
+    _, low, high, _ = bootstrap_ci([1.0] * 50)
+    assert low == high == 1.0
     small = bootstrap_ci([0.0, 1.0] * 10)
     large = bootstrap_ci([0.0, 1.0] * 1000)
-    assert small.ci_low < 0.5 < small.ci_high and large.ci_low < 0.5 < large.ci_high
-    assert (large.ci_high - large.ci_low) < (small.ci_high - small.ci_low) / 5
+    assert small[1] < 0.5 < small[2] and large[1] < 0.5 < large[2]
+    assert (large[2] - large[1]) < (small[2] - small[1]) / 5
     assert bootstrap_ci([0.0, 1.0] * 10) == small  # fixed seed: reproducible
 
 

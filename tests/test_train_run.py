@@ -226,5 +226,9 @@ def test_resume_picks_the_newest_unfinished_run(tmp_path):
         if finished:
             (tmp_path / name / "harness-train.json").write_text("{}")
     (tmp_path / "tiny-20250104-000000").mkdir()  # started, no checkpoint yet: nothing to resume
+    # Another base whose name starts the same, and a hand-named directory: neither is a "tiny" run.
+    (tmp_path / "tiny-phi3v-20250105-000000" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "tiny-experiment" / "checkpoint-2").mkdir(parents=True)
     assert _newest_unfinished(tmp_path, "tiny") == tmp_path / "tiny-20250102-000000"
+    assert _newest_unfinished(tmp_path, "tiny-phi3v") == tmp_path / "tiny-phi3v-20250105-000000"
     assert _newest_unfinished(tmp_path, "phi-3-vision") is None

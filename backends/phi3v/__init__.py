@@ -22,14 +22,16 @@ def is_phi3v_dir(path) -> bool:
         return False
 
 
-def load(path, *, dtype="auto", device="cpu", num_crops: int | None = None):
-    """(model, processor) from a phi3_v directory, eval mode, SDPA attention, stopping at <|end|>/<|endoftext|>."""
+def load(
+    path, *, dtype="auto", device="cpu", num_crops: int | None = None, attn_implementation: str = "sdpa"
+):
+    """(model, processor) from a phi3_v directory, eval mode, stopping at <|end|>/<|endoftext|>."""
     import torch
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     model, info = Phi3VForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+        path, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
     )
     bad = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
     if bad:

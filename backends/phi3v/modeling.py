@@ -39,7 +39,7 @@ def clip_tower(config) -> nn.Module:
 
 
 class Phi3VImageEmbedding(nn.Module):
-    """Crops -> CLIP hidden_states[-2] (no CLS, no post-layernorm) -> 2x2 merge -> HD layout -> MLP."""
+    """Crops -> CLIP second-to-last layer (no CLS, no post-layernorm) -> 2x2 merge -> HD layout -> MLP."""
 
     def __init__(self, config: Phi3VConfig):
         super().__init__()
@@ -54,11 +54,25 @@ class Phi3VImageEmbedding(nn.Module):
             nn.Linear(dim, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
         )
 
+    def clip_penultimate(self, crops: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) -> (n, 1 + P, D): the CLIP tower's second-to-last layer output, computed directly.
+
+        Not `tower(..., output_hidden_states=True).hidden_states[-2]`: in transformers 5, once a caller has
+        passed `output_hidden_states`/`output_attentions` to the whole model, the capture hooks sit on the
+        tower twice, the tuple holds every layer twice and [-2] is the last layer. Running embeddings,
+        pre-layernorm and all encoder layers but the last also skips the unused last layer and the
+        hidden-state tuple (GBs at 16 crops). The last layer stays a module: the checkpoint keys keep it.
+        Layers are called as modules, so gradient checkpointing and the attention implementation hold.
+        """
+        vision = getattr(self.img_processor, "vision_model", self.img_processor)  # both tower layouts
+        hidden = vision.pre_layrnorm(vision.embeddings(crops))
+        for layer in vision.encoder.layers[:-1]:
+            hidden = layer(hidden, None)  # CLIP vision attends everywhere: no mask
+        return hidden
+
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
         """(n, 3, S, S) -> (n, side, side, 4*D): 2x2 blocks concatenated (2r,2c),(2r,2c+1),(2r+1,2c),(2r+1,2c+1)."""
-        dtype = self.glb_GN.dtype
-        out = self.img_processor(crops.to(dtype), output_hidden_states=True)
-        feats = out.hidden_states[-2][:, 1:]
+        feats = self.clip_penultimate(crops.to(self.glb_GN.dtype))[:, 1:]  # no CLS, no post-layernorm
         n, _, dim = feats.shape
         s = self.side
         feats = feats.reshape(n, s, 2, s, 2, dim).permute(0, 1, 3, 2, 4, 5)
