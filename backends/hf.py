@@ -166,14 +166,15 @@ class HFGenerator:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(
-        self, prompts: list[str], images: list[Image.Image], max_new_tokens: int
+        self, prompts: list[str], images: list[list[Image.Image]], max_new_tokens: int
     ) -> list[Generation]:
         import torch
 
         if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
         if not prompts:
             return []
+        images = [im for per_prompt in images for im in per_prompt]  # the processor takes them in order
         # No truncation, ever: cutting a prompt could cut into its image tokens.
         inputs = self.processor(
             text=list(prompts), images=list(images), padding=True, padding_side="left", return_tensors="pt"

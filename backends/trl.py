@@ -265,7 +265,7 @@ def generate(
             images = []
             for ex in chunk:
                 with Image.open(ex.image) as img:
-                    images.append(img.convert("RGB"))
+                    images.append([img.convert("RGB")])
             answers = gen.generate([gen.render(ex.messages) for ex in chunk], images, max_new_tokens)
             outputs += [a.text for a in answers]
     finally:

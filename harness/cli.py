@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from tasks import DEFAULT_TASK  # a name only: importing it loads no task
+
 app = typer.Typer(
     help="Evaluation-first benchmarks for vision-language models on product catalogs.",
     no_args_is_help=True,
@@ -35,11 +37,44 @@ def user_errors():
 
 @app.command("tasks")
 def tasks_cmd() -> None:
-    """List the tasks."""
-    from tasks import TASKS
+    """List the tasks: built-in, from $HARNESS_TASKS or ./tasks/, and the dbq:<Brand>.<Country> family."""
+    from tasks import list_tasks
 
-    for name, (_, _, description) in sorted(TASKS.items()):
-        typer.echo(f"{name:<12} {description}")
+    for name, source, description in list_tasks():
+        typer.echo(f"{name:<16} {source:<24} {description}")
+    typer.echo(f"{'dbq:<Brand>.<Country>':<16} {'derived':<24} a DBQ catalog, e.g. dbq:Gucci.Canada")
+
+
+task_app = typer.Typer(help="Work with task config files.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+
+@task_app.command("check")
+def task_check_cmd(
+    file: Annotated[str, typer.Argument(help="A task .toml (or a task name).")],
+    data: Annotated[
+        str | None, typer.Option(help="hub | synthetic | a table (default: the task's own).")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="How many rows to show.")] = 3,
+) -> None:
+    """Validate a task config and show its first rows as the model sees them."""
+    from harness.taskcheck import check_task
+    from tasks.config import TaskConfigError
+
+    try:
+        round_trips = check_task(file, data=data, rows=rows)
+    except TaskConfigError as err:
+        for line in err.lines:
+            typer.secho(f"error: {line}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    except Exception as err:  # noqa: BLE001 - HarnessError and the like: one line
+        from harness.errors import HarnessError
+
+        if not isinstance(err, HarnessError):
+            raise
+        fail(str(err))
+    if not round_trips:  # a target that does not parse back would score a perfect model as wrong
+        raise typer.Exit(1)
 
 
 @app.command("models")
@@ -53,9 +88,14 @@ def models_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
-    task: Annotated[str, typer.Option(help="Task name (see `harness tasks`).")] = "burberry",
+    task: Annotated[
+        str, typer.Option(help="Task name, task .toml or dbq:<Brand>.<Country> (see `harness tasks`).")
+    ] = DEFAULT_TASK,
     model: Annotated[str, typer.Option(help="Named model, alias, hub id or local path.")] = "base",
-    data: Annotated[str, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL.")] = "hub",
+    data: Annotated[
+        str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="default | instructed | few-shot.")] = "default",
     split: Annotated[str, typer.Option(help="train | validation | test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Generation batch size (outputs do not depend on it).")] = 8,
@@ -102,6 +142,7 @@ def run_cmd(
             device=device,
             dtype=dtype,
             max_error_rate=max_error_rate,
+            prompt=prompt,
         )
     typer.echo(f"run directory: {run_dir}")
     if RunStore(run_dir).finished() is None:  # written, but incomplete: its numbers are not final
@@ -114,8 +155,10 @@ def train_cmd(
     model: Annotated[
         str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")
     ] = "base",
-    task: Annotated[str, typer.Option(help="Task whose train split is used.")] = "burberry",
-    data: Annotated[str, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL.")] = "hub",
+    task: Annotated[str, typer.Option(help="Task whose train split is used.")] = DEFAULT_TASK,
+    data: Annotated[
+        str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
+    ] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (default: 1 for real models).")] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")
@@ -200,7 +243,7 @@ def export_cmd(
 def report_cmd(
     a: Annotated[str, typer.Argument(help="Model name or run directory (the baseline).")],
     b: Annotated[str | None, typer.Argument(help="Model name or run directory (the candidate).")] = None,
-    task: Annotated[str, typer.Option(help="Task of the runs.")] = "burberry",
+    task: Annotated[str, typer.Option(help="Task of the runs.")] = DEFAULT_TASK,
     data: Annotated[str | None, typer.Option(help="Only runs on this data source.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("runs"),
     out: Annotated[Path | None, typer.Option(help="Markdown path (default reports/A-vs-B.md).")] = None,
@@ -224,9 +267,10 @@ def report_cmd(
     def runs_of(value: str):
         if (Path(value) / "config.json").is_file() and (Path(value) / "predictions.jsonl").exists():
             return Path(value)
-        return find_runs(value, task=task, data=data, runs_dir=runs_dir)
+        return find_runs(value, task=task_name, data=data, runs_dir=runs_dir)
 
     with user_errors():
+        task_name = _task_name(task)
         result = make_report(
             runs_of(a),
             runs_of(b) if b is not None else None,
@@ -237,6 +281,15 @@ def report_cmd(
         )
     typer.echo(f"report: {result.markdown}")
     raise typer.Exit(result.exit_code)
+
+
+def _task_name(task: str) -> str:
+    """A task file's or a dbq: spec's own name (what its runs record); a plain name as it is."""
+    from tasks import get_task
+
+    if task.endswith(".toml") or task.startswith("dbq:"):
+        return get_task(task).name
+    return task
 
 
 @app.command("demo")

@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from tasks import DEFAULT_TASK
+
 MODEL = "tiny-phi3v"
 DATA = "synthetic"
 
@@ -31,7 +33,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     started = time.perf_counter()
     limit = 48 if quick else None
     eval_kwargs = dict(
-        task="burberry", data=DATA, split="test", limit=limit, batch_size=16, output_dir=runs_dir
+        task=DEFAULT_TASK, data=DATA, split="test", limit=limit, batch_size=16, output_dir=runs_dir
     )
 
     console.rule("[bold]1/4  evaluate the base model")
@@ -40,7 +42,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     console.rule("[bold]2/4  fine-tune it (TRL SFTTrainer + LoRA) on the train split")
     tuned = train_cmd_impl(
         model=MODEL,
-        task="burberry",
+        task=DEFAULT_TASK,
         data=DATA,
         output_dir=workdir / "outputs" / "train" / f"{MODEL}-{datetime.now():%Y%m%d-%H%M%S}",
         max_steps=120 if quick else None,

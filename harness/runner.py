@@ -37,7 +37,7 @@ from rich.text import Text
 import harness
 from harness.errors import HarnessError
 from harness.models import pin, resolve
-from harness.schema import GenerationInfo, ModelInfo, Parsed, Record, RunConfig, RunMetrics, Sample
+from harness.schema import GenerationInfo, ModelInfo, Record, RunConfig, RunMetrics, Sample
 from harness.store import RunStore, latest
 from tasks.base import Task, TaskData
 
@@ -53,7 +53,7 @@ class OutOfMemory(Exception):
 def run_eval(
     task: str | Task,
     model: str | ModelInfo,
-    data: str,
+    data: str | None = None,
     split: str = "test",
     limit: int | None = None,
     batch_size: int = 8,
@@ -66,10 +66,12 @@ def run_eval(
     dtype: str | None = None,
     max_error_rate: float = MAX_ERROR_RATE,
     max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
+    prompt: str = "default",
 ) -> Path:
     """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone.
 
-    ``max_new_tokens`` None sizes the budget from the task's longest targets (see :func:`budget`).
+    ``data`` None is the task's own data; ``max_new_tokens`` None sizes the budget from the task's
+    longest targets (see :func:`budget`); ``prompt`` picks the task's prompt variant.
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -80,7 +82,7 @@ def run_eval(
         raise HarnessError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not 0 <= max_error_rate <= 1:
         raise HarnessError(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
-    task_obj = _get_task(task) if isinstance(task, str) else task
+    task_obj = _get_task(task, prompt) if isinstance(task, str) else task
     info = model if isinstance(model, ModelInfo) else resolve(model, revision, trust_remote_code)
     task_data = task_obj.load(data, split, limit=limit)
     if info.adapter:
@@ -95,6 +97,9 @@ def run_eval(
         data=task_data.info,
         generation=GenerationInfo(max_new_tokens=max_new_tokens or "auto"),
         prompt=task_obj.prompt_identity(),
+        prompt_name=getattr(task_obj, "prompt", "default"),
+        task_source=getattr(task_obj, "source", ""),
+        fields=task_obj.field_infos(),
         limit=limit,
         batch_size=batch_size,
         device=device_kind,
@@ -205,11 +210,11 @@ def budget_for(target_tokens: list[int]) -> int:
     return math.ceil(1.25 * max(target_tokens, default=48)) + 8
 
 
-def _get_task(name: str) -> Task:
+def _get_task(name: str, prompt: str = "default") -> Task:
     from tasks import get_task
 
     try:
-        return get_task(name)
+        return get_task(name, prompt=prompt)
     except KeyError as err:
         raise HarnessError(str(err.args[0])) from err
 
@@ -230,12 +235,13 @@ def run_batch(task: Task, generator, samples: list[Sample], max_new_tokens: int)
     for sample in samples:
         prompts[sample.id] = ""
         try:
-            prompts[sample.id] = generator.render(task.messages(sample))
-            image = _open_image(sample.image)
+            messages = task.messages(sample)
+            prompts[sample.id] = generator.render(messages)
+            images = [_open_image(path) for path in image_paths(messages, sample)]
         except Exception as err:  # one unreadable image is that sample's error
             results[sample.id] = {"error": f"image: {_one_line(err)}"}
         else:
-            ready.append((sample, image))
+            ready.append((sample, images))
     if ready:
         t0 = time.perf_counter()
         try:
@@ -281,6 +287,18 @@ def _release_memory(generator) -> None:
         release()
 
 
+def image_paths(messages: list[dict], sample: Sample) -> list[str]:
+    """The images a conversation shows, in order (few-shot examples first, the sample's last)."""
+    parts = [
+        p
+        for m in messages
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p.get("type") == "image"
+    ]
+    return [p.get("path") or sample.image for p in parts]
+
+
 def _open_image(path: str):
     from PIL import Image
 
@@ -302,10 +320,10 @@ def _records(
     for sample in samples:
         result = results[sample.id]
         try:
-            parsed.append(task.parse(result["output"]) if "output" in result else Parsed())
+            parsed.append(task.parse(result["output"]) if "output" in result else {})
         except Exception as err:  # a parser bug on one answer is that sample's error
             result.setdefault("error", f"parsing: {_one_line(err)}")
-            parsed.append(Parsed())
+            parsed.append({})
     try:
         scores = task.score([s.truth for s in samples], parsed)
     except Exception as err:  # a scorer bug costs this batch's scores, recorded on each sample
@@ -328,7 +346,7 @@ def rescore(task: Task, store: RunStore, data: TaskData, old: RunMetrics) -> Run
     """
     by_id = latest(store.records())
     ordered = [by_id[s.id] for s in data.samples if s.id in by_id]
-    parsed = [task.parse(r.output) if r.error is None and r.output is not None else Parsed() for r in ordered]
+    parsed = [task.parse(r.output) if r.error is None and r.output is not None else {} for r in ordered]
     scores = task.score([r.truth for r in ordered], parsed)
     fresh = [
         r.model_copy(update={"parsed": p, "scores": s})
@@ -355,7 +373,7 @@ def summarise(
     """Aggregate the latest record of each of this split's samples, in sample order."""
     by_id = latest(records)
     ordered = [by_id[s.id] for s in data.samples if s.id in by_id]
-    values, per_category = task.aggregate(ordered)
+    values, per_group = task.aggregate(ordered)
     n_errors = sum(r.error is not None for r in ordered)
     reason = None
     if len(ordered) < len(data.samples):
@@ -379,7 +397,7 @@ def summarise(
         scoring=task.scoring_identity(),
         metrics=values,
         metric_specs=task.metric_specs(),
-        per_category=per_category,
+        per_group=per_group,
         wall_s=round(wall_s, 3),
     )
 

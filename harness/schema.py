@@ -19,22 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 2
 
 
-class Truth(BaseModel):
-    """Ground truth of one catalog product."""
+FieldValue = str | float
+# A sample's ground truth and what the parser read from an answer, keyed by the task's field names
+# (a parsed field is None when it was not found). Nothing here knows any catalog's fields.
+Truth = dict[str, FieldValue]
+Parsed = dict[str, FieldValue | None]
+
+
+class FieldInfo(BaseModel):
+    """One field of a task's answer, as readers of a run need to know it (reports, plots, W&B)."""
 
     name: str
-    category: str
-    price: float
-    category1: str = ""
-    category2: str = ""
-
-
-class Parsed(BaseModel):
-    """What the parser read from a model's answer; a field is None when it was not found."""
-
-    name: str | None = None
-    category: str | None = None
-    price: float | None = None
+    kind: str  # the task's field kind (e.g. text, label, number)
+    numeric: bool = False  # values are numbers: scatter and error plots
+    categorical: bool = False  # values are labels: per-label tables and accuracy bars
+    unit: str | None = None  # e.g. a currency
 
 
 class Sample(BaseModel):
@@ -60,7 +59,7 @@ class Record(BaseModel):
     image: str
     prompt: str
     output: str | None = None  # raw generated text; None when the sample errored
-    parsed: Parsed = Field(default_factory=Parsed)
+    parsed: Parsed = Field(default_factory=dict)
     truth: Truth
     scores: dict[str, float | None] = Field(default_factory=dict)
     latency_s: float | None = None
@@ -79,8 +78,9 @@ class MetricSpec(BaseModel):
     binary: bool = False  # 0/1 per sample: McNemar in comparisons; otherwise Wilcoxon
     fill_missing: bool = True  # a missing value counts as 0 (a failure); else only defined pairs count
     percent: bool = False  # shown x100 with "%"
-    per_group: bool = False  # shown in the per-category (per-label) tables
+    per_group: bool = False  # shown in the per-label tables (one per label field)
     unit: str | None = None
+    field: str | None = None  # the answer field it scores; None for whole-answer metrics
 
 
 class MetricValue(BaseModel):
@@ -105,12 +105,14 @@ class DataInfo(BaseModel):
     fingerprint: str  # hash of the split's sample ids + truths + image bytes digests
     n_samples: int
     n_excluded: int = 0
+    n_filtered: int = 0  # rows the task's filters leave out by design (e.g. an empty label)
     synthetic: bool = False
-    revision: str | None = None
+    revision: str | None = None  # a hub dataset's commit sha
     split_seed: int = 0  # the task's fixed split seed: never a training or sampling seed
     group_by: str = ""  # what a sample's group is (its rows never straddle splits)
     manifest: str | None = None  # path of the data manifest (with the excluded rows)
     budget_targets: list[str] = Field(default_factory=list)  # longest targets of the catalog (all splits)
+    units: dict[str, str] = Field(default_factory=dict)  # field -> unit (e.g. a currency)
 
 
 class ModelInfo(BaseModel):
@@ -139,6 +141,9 @@ class RunConfig(BaseModel):
     data: DataInfo
     generation: GenerationInfo = Field(default_factory=GenerationInfo)
     prompt: str = ""  # identity of what the task asks and how it renders the question (a hash)
+    prompt_name: str = "default"  # the task's prompt variant: default | instructed | few-shot
+    task_source: str = ""  # where the task's definition came from (built-in, a file, dbq:...)
+    fields: list[FieldInfo] = Field(default_factory=list)
     limit: int | None = None
     batch_size: int = 8  # informative only: outputs do not depend on it
     device: str = "cpu"  # device kind ("cpu", "cuda"): part of the identity, like dtype
@@ -166,7 +171,7 @@ class RunMetrics(BaseModel):
     scoring: str = ""  # identity of the parser and scorers that made these numbers
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     metric_specs: list[MetricSpec] = Field(default_factory=list)
-    per_category: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    per_group: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # field -> label -> means
     wall_s: float | None = None
 
 

@@ -3,7 +3,7 @@
 Percentile bootstrap over sample ids: each resample draws the n rows with replacement (multinomial
 counts from ``np.random.default_rng(seed)``), and every column is averaged over the same resample,
 so the CIs of different metrics (and of paired differences) are consistent with one another. An
-undefined value (NaN, e.g. no price parsed) is left out of its column's mean in each resample.
+undefined value (NaN, e.g. an error of a number never parsed) is left out of its column's mean in each resample.
 
 Imports numpy only: the ground floor, shared by tasks/ and reports/.
 """

@@ -66,12 +66,13 @@ def run_name(config: RunConfig) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same directory + fsync + os.replace: readers never see half a file."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """The one atomic write: temp file in the same directory + fsync + os.replace, so readers never
+    see half a file (run files, manifests, reports, plots, thumbnails)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -142,8 +142,8 @@ def _newest_unfinished(root: Path, stem: str) -> Path | None:
 
 def train_cmd_impl(
     model: str = "base",
-    task: str = "burberry",
-    data: str = "hub",
+    task: str | None = None,
+    data: str | None = None,
     epochs: float | None = None,
     max_steps: int | None = None,
     lora_r: int | None = None,
@@ -167,7 +167,7 @@ def train_cmd_impl(
     from backends.trl import default_params, train
     from harness.models import canonical, load_settings, resolve, train_stem
     from harness.runner import budget_for
-    from tasks import get_task
+    from tasks import DEFAULT_TASK, get_task
 
     if epochs is not None and max_steps is not None:
         raise HarnessError("give --epochs or --max-steps, not both")
@@ -183,9 +183,10 @@ def train_cmd_impl(
         base_name = info.path
     stem = train_stem(base_name)
     try:
-        the_task = get_task(task)
+        the_task = get_task(task or DEFAULT_TASK)
     except KeyError as err:
         raise HarnessError(str(err.args[0])) from err
+    task = the_task.name
 
     train_data = the_task.load(data, "train", limit=limit)
     val_data = the_task.load(data, "validation")

@@ -12,7 +12,7 @@ Statistics (all paired by sample id, difference = B - A):
 - p-value: exact McNemar (binomial test on the discordant pairs) for 0/1 metrics, Wilcoxon
   signed-rank for continuous ones.
 - Missing values: a metric whose spec says ``fill_missing`` counts a missing value as 0 (a failure
-  is a wrong answer); others (e.g. an error of a price never parsed) are compared on the pairs
+  is a wrong answer); others (e.g. the error of a number never parsed) are compared on the pairs
   where both runs have one, and that n is reported.
 - Only metrics both runs scored are compared; the others are listed as left out.
 """
@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from harness.errors import HarnessError
-from harness.schema import PREDICTIONS_FILE, MetricSpec, Record, RunConfig, RunMetrics
+from harness.schema import PREDICTIONS_FILE, FieldInfo, MetricSpec, Record, RunConfig, RunMetrics
 from harness.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
 from harness.store import latest, load_run
 
@@ -59,6 +59,10 @@ class Run:
         """The run's metric specs (from config.json, or metrics.json for a run written before them)."""
         specs = self.config.metric_specs or (self.metrics.metric_specs if self.metrics else [])
         return {s.name: s for s in specs}
+
+    @property
+    def fields(self) -> list[FieldInfo]:
+        return self.config.fields
 
     @property
     def complete(self) -> bool:
@@ -120,16 +124,23 @@ def why_not_comparable(a: Run, b: Run) -> str | None:
     return None
 
 
+def group_columns(run: Run) -> list[str]:
+    """One column per label field of the task: the true label of each sample."""
+    return [f"group:{f.name}" for f in run.fields if f.categorical]
+
+
 def score_frame(run: Run) -> pd.DataFrame:
-    """One row per sample id: the run's scores (missing -> 0 or NaN, as each spec says) plus category
-    and error flags."""
+    """One row per sample id: the run's scores (missing -> 0 or NaN, as each spec says), the true
+    label of each label field ("group:<field>") and an error flag."""
     specs = run.specs
+    groups = group_columns(run)
     rows = []
     for r in run.records:
         row = {m: r.scores.get(m) for m in specs}
-        row.update(id=r.id, category=r.truth.category, error=r.error is not None)
+        row.update({g: str(r.truth.get(g.split(":", 1)[1], "")) for g in groups})
+        row.update(id=r.id, error=r.error is not None)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["id", "category", "error", *specs]).set_index("id")
+    frame = pd.DataFrame(rows, columns=["id", "error", *groups, *specs]).set_index("id")
     frame[list(specs)] = frame[list(specs)].astype(float)
     for spec in specs.values():
         if spec.fill_missing:
@@ -163,7 +174,7 @@ class MetricComparison:
 class Comparison:
     a: Run
     b: Run
-    paired: pd.DataFrame  # columns "<metric>_a", "<metric>_b", "category", ...; index = sample id
+    paired: pd.DataFrame  # columns "<metric>_a", "<metric>_b", "group:<field>", ...; index = sample id
     metrics: list[MetricComparison] = field(default_factory=list)
     n_boot: int = N_BOOT
     seed: int = SEED
@@ -205,7 +216,7 @@ def compare_runs(
     if reason:
         raise HarnessError(f"refusing to compare {a.path} with {b.path}: {reason}")
     fa, fb = score_frame(a), score_frame(b)
-    paired = fa.join(fb.drop(columns="category"), lsuffix="_a", rsuffix="_b", how="inner").sort_index()
+    paired = fa.join(fb.drop(columns=group_columns(b)), lsuffix="_a", rsuffix="_b", how="inner").sort_index()
     in_a, in_b = scored_metrics(a), scored_metrics(b)
     names = [m for m in in_a if m in in_b]
     left_out = {m: "only in A" for m in in_a if m not in in_b} | {
@@ -265,19 +276,24 @@ def summarize_run(run: Run, *, n_boot: int = N_BOOT, seed: int = SEED) -> list[M
 
 
 def per_group_metrics(runs: dict[str, Run]) -> list[str]:
-    """The metrics every run scored whose spec puts them in the per-category table (the task's choice)."""
+    """The metrics every run scored whose spec puts them in the per-label tables (the task's choice)."""
     first = next(iter(runs.values()))
     scored = [set(scored_metrics(run)) for run in runs.values()]
     return [m for m, spec in first.specs.items() if spec.per_group and all(m in s for s in scored)]
 
 
-def per_category(runs: dict[str, Run]) -> pd.DataFrame:
-    """Rows = true category; columns n and "<metric> <label>" means for each run, over the same ids."""
+def per_group(runs: dict[str, Run]) -> dict[str, pd.DataFrame]:
+    """For each label field: rows = true label; columns n and "<metric> <run label>" means for each
+    run, over the same ids (the task's per-label metric set, as in its metrics.json)."""
     frames = {label: score_frame(run) for label, run in runs.items()}
     metrics = per_group_metrics(runs)
-    first = next(iter(frames.values()))
-    table = first.groupby("category").size().rename("n").to_frame()
-    for label, frame in frames.items():
-        means = frame.groupby("category")[metrics].mean()
-        table = table.join(means.rename(columns=lambda m, lab=label: f"{m} {lab}"))
-    return table.sort_values("n", ascending=False)
+    first_run, first = next(iter(runs.values())), next(iter(frames.values()))
+    tables = {}
+    for column in group_columns(first_run):
+        table = first.groupby(column).size().rename("n").to_frame()
+        for label, frame in frames.items():
+            means = frame.groupby(column)[metrics].mean()
+            table = table.join(means.rename(columns=lambda m, lab=label: f"{m} {lab}"))
+        table.index.name = column.split(":", 1)[1]
+        tables[table.index.name] = table.sort_values("n", ascending=False)
+    return tables

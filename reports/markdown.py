@@ -1,4 +1,7 @@
-"""The markdown report: what was compared, paired statistics, per-category results, examples.
+"""The markdown report: what was compared, paired statistics, per-label results, examples.
+
+Every metric, field and label shown comes from the runs' own specs and field list: nothing here
+names a catalog's fields.
 
 Model output is hostile text: every cell goes through :func:`cell`, which HTML-escapes it, turns
 markdown-active characters into numeric entities (so `|` cannot split a table row and `[x](y)`
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import re
 from pathlib import Path
 
@@ -16,7 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from harness.schema import MetricSpec
+from harness.schema import FieldInfo, MetricSpec
+from harness.store import write_atomic
 from reports.compare import N_BOOT, SEED, Comparison, MetricSummary, Run
 
 THUMB_PX = 128
@@ -67,10 +72,12 @@ def thumbnail(image: str, assets: Path) -> str | None:
             with Image.open(image) as img:
                 img = img.convert("RGB")
                 img.thumbnail((THUMB_PX, THUMB_PX))
-                assets.mkdir(parents=True, exist_ok=True)
-                img.save(target)
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
         except (OSError, UnidentifiedImageError, ValueError):
             return None
+        assets.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, buf.getvalue())
     return f"{assets.name}/{name}"
 
 
@@ -79,17 +86,20 @@ def _image_cell(record, assets: Path) -> str:
     return f"![{cell(record.id, 60)}]({rel})" if rel else "(no image)"
 
 
-def _truth(record) -> str:
-    t = record.truth
-    return f"{cell(t.name, 80)}<br>{cell(t.category, 40)} · {t.price:g}"
+def _value(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else cell(value, 60)
 
 
-def _output(record) -> str:
+def _truth(record, fields: list[FieldInfo]) -> str:
+    return " · ".join(_value(record.truth.get(f.name)) for f in fields)
+
+
+def _output(record, fields: list[FieldInfo]) -> str:
     if record.error is not None:
         return f"**error:** {cell(record.error, 120)}"
-    p = record.parsed
-    price = "–" if p.price is None else f"{p.price:g}"
-    parsed = f"{cell(p.name, 60)} · {cell(p.category, 30)} · {price}"
+    parsed = " · ".join(_value(record.parsed.get(f.name)) for f in fields)
     return f"{cell(record.output, 160)}<br>*parsed:* {parsed}"
 
 
@@ -99,6 +109,8 @@ def _provenance(runs: dict[str, Run]) -> list[str]:
         versions = ", ".join(f"{k} {v}" for k, v in sorted(c.versions.items())) or "–"
         return {
             "run directory": cell(str(run.path)),
+            "task (source)": cell(f"{c.task} ({c.task_source or '–'})"),
+            "prompt": cell(c.prompt_name),
             "model": cell(c.model.name),
             "model path": cell(c.model.path),
             "revision": cell(c.model.revision or "–"),
@@ -132,12 +144,24 @@ def _counts(runs: dict[str, Run]) -> list[str]:
     return table(["", *runs], rows)
 
 
-def _per_category(per_cat: pd.DataFrame, specs: dict[str, MetricSpec]) -> list[str]:
-    header = ["category", *(_cat_header(c, specs) for c in per_cat.columns)]
-    rows = []
-    for category, values in per_cat.iterrows():
-        rows.append([cell(category, 60), *(_cat_value(c, v, specs) for c, v in values.items())])
-    return table(header, rows)
+def _per_group(tables: dict[str, pd.DataFrame], specs: dict[str, MetricSpec]) -> list[str]:
+    """One section per label field: the task's per-label metrics for each true label."""
+    lines = []
+    for field, per_label in tables.items():
+        header = [cell(field), *(_cat_header(c, specs) for c in per_label.columns)]
+        rows = [
+            [cell(label, 60), *(_cat_value(c, v, specs) for c, v in values.items())]
+            for label, values in per_label.iterrows()
+        ]
+        lines += [f"## Per {cell(field)}", "", *table(header, rows), ""]
+    return lines
+
+
+def example_metrics(specs: dict[str, MetricSpec], fields: list[FieldInfo]) -> list[str]:
+    """The continuous per-field metrics worth showing examples of: numeric errors, then text similarity."""
+    numeric = [f"{f.name}_ape" for f in fields if f.numeric and f"{f.name}_ape" in specs]
+    text = [f"{f.name}_similarity" for f in fields if f"{f.name}_similarity" in specs]
+    return numeric + text
 
 
 def _cat_header(column: str, specs: dict[str, MetricSpec]) -> str:
@@ -167,22 +191,35 @@ def _examples(cmp: Comparison, ids: list[str], metric: str, assets: Path) -> lis
     ra = {r.id: r for r in cmp.a.records}
     rb = {r.id: r for r in cmp.b.records}
     spec = cmp.specs[metric]
+    fields = cmp.a.fields
     rows = []
     for i in ids:
         a, b = ra[i], rb[i]
         rows.append([
-            _image_cell(a, assets), cell(i, 40), _truth(a), _output(a), _output(b),
+            _image_cell(a, assets), cell(i, 40), _truth(a, fields), _output(a, fields), _output(b, fields),
             f"{fmt_value(spec, cmp.paired.at[i, f'{metric}_a'])} → {fmt_value(spec, cmp.paired.at[i, f'{metric}_b'])}",
         ])  # fmt: skip
     return table(["image", "id", "truth", "A output", "B output", cell(spec.label)], rows)
 
 
 def render_comparison(
-    cmp: Comparison, per_cat: pd.DataFrame, plots: list[str], assets: Path, *, alpha: float, k: int = 5
+    cmp: Comparison,
+    per_group: dict[str, pd.DataFrame],
+    plots: list[str],
+    assets: Path,
+    *,
+    alpha: float,
+    k: int = 5,
 ) -> str:
     a, b = cmp.a, cmp.b
     lines = [f"# {cell(a.label)} (A) vs {cell(b.label)} (B) — {cell(a.config.task)}", ""]
     lines += _banner([a, b])
+    if a.config.prompt_name != b.config.prompt_name or a.config.prompt != b.config.prompt:
+        lines += [
+            f"> **Different prompts:** A was asked with *{cell(a.config.prompt_name)}*, B with "
+            f"*{cell(b.config.prompt_name)}*: this compares the prompts as well as the models.",
+            "",
+        ]
     lines += ["## What was compared", "", *_provenance({"A": a, "B": b}), ""]
     lines += [
         "## Summary",
@@ -190,7 +227,7 @@ def render_comparison(
         f"Paired by sample id over {len(cmp.paired)} samples. Difference = B − A; 95 % CI from a paired "
         f"bootstrap ({_n_boot_note(cmp.n_boot, cmp.seed)}); p: exact McNemar for 0/1 metrics, Wilcoxon signed-rank otherwise. "
         f"▲/▼ = B significantly better/worse (CI excludes 0 on that side and p < {alpha}). "
-        "Errored samples count as wrong; price errors use the pairs where both runs parsed a price (n).",
+        "Errored samples count as wrong; error metrics (↓) use the pairs where both runs read a value (n).",
         "",
     ]
     rows = []
@@ -211,9 +248,9 @@ def render_comparison(
         )
         lines += [f"Not compared (scored by one run only): {left}.", ""]
     lines += ["## Failures", "", *_counts({"A": a, "B": b}), ""]
-    lines += ["## Per category", "", *_per_category(per_cat, specs), ""]
+    lines += _per_group(per_group, specs)
     lines += _plots(plots)
-    for metric in ("price_ape", "name_similarity"):
+    for metric in example_metrics(specs, a.fields):
         if metric not in cmp.by_name() or cmp.by_name()[metric].n == 0:
             continue
         wins, losses = _changes(cmp, metric, k)
@@ -232,7 +269,7 @@ def render_comparison(
 def render_single(
     run: Run,
     summary: list[MetricSummary],
-    per_cat: pd.DataFrame,
+    per_group: dict[str, pd.DataFrame],
     plots: list[str],
     assets: Path,
     *,
@@ -252,26 +289,28 @@ def render_single(
     ]  # fmt: skip
     lines += table(["metric", "n", "value", "95 % CI"], rows) + [""]
     lines += ["## Failures", "", *_counts({"run": run}), ""]
-    lines += ["## Per category", "", *_per_category(per_cat, specs), ""]
+    lines += _per_group(per_group, specs)
     lines += _plots(plots)
-    worst = sorted(
-        (r for r in run.records if r.scores.get("price_ape") is not None),
-        key=lambda r: -(r.scores["price_ape"] or 0),
-    )[:k]
-    rows = [
-        [
-            _image_cell(r, assets),
-            cell(r.id, 40),
-            _truth(r),
-            _output(r),
-            fmt_value(specs["price_ape"], r.scores["price_ape"]),
-        ]
-        for r in worst
-    ]
+    fields = run.fields
+    worst_by = next(iter(example_metrics(specs, fields)), None)
+    rows = []
+    if worst_by is not None:
+        spec = specs[worst_by]
+        worst = sorted(
+            (r for r in run.records if r.scores.get(worst_by) is not None),
+            key=lambda r: r.scores[worst_by] if spec.higher_is_better else -r.scores[worst_by],
+        )[:k]
+        rows = [
+            [_image_cell(r, assets), cell(r.id, 40), _truth(r, fields), _output(r, fields), fmt_value(spec, r.scores[worst_by])]
+            for r in worst
+        ]  # fmt: skip
     failed = [r for r in run.records if r.error is not None or r.scores.get("parsed") == 0][:k]
-    rows += [[_image_cell(r, assets), cell(r.id, 40), _truth(r), _output(r), "–"] for r in failed]
-    lines += ["## Worst price errors and failures", ""]
-    lines += (table(["image", "id", "truth", "output", "price APE"], rows) if rows else ["None."]) + [""]
+    rows += [
+        [_image_cell(r, assets), cell(r.id, 40), _truth(r, fields), _output(r, fields), "–"] for r in failed
+    ]
+    title = cell(specs[worst_by].label) if worst_by else "score"
+    lines += [f"## Worst by {title}, and failures", ""]
+    lines += (table(["image", "id", "truth", "output", title], rows) if rows else ["None."]) + [""]
     lines += [_footer()]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ from reports.compare import (
     Comparison,
     Run,
     compare_runs,
-    per_category,
+    per_group,
     read_run,
     summarize_run,
     why_incomplete,
@@ -74,17 +74,19 @@ def make_report(
     out = Path(out) if out else Path("reports") / f"{_slug(run_a)}-vs-{_slug(run_b)}.md"
     assets = _assets(out)
     runs = {"A": run_a, "B": run_b}
-    per_cat = per_category(runs)
-    plots = make_plots(runs, per_cat, assets)
+    per_label = per_group(runs)
+    plots = make_plots(runs, per_label, assets)
     rel = [f"{assets.name}/{p.name}" for p in plots]
-    _write(out, render_comparison(cmp, per_cat, rel, assets, alpha=alpha))
+    _write(out, render_comparison(cmp, per_label, rel, assets, alpha=alpha))
     by_name = cmp.by_name()
     worse = {m: bool(m in by_name and by_name[m].worse) for m in fail_if_worse}
     wandb_dir = None
     if wandb:
         from reports.wandb_log import log_report
 
-        wandb_dir = log_report(runs, comparison=cmp, summary=None, per_cat=per_cat, plots=plots, markdown=out)
+        wandb_dir = log_report(
+            runs, comparison=cmp, summary=None, per_group=per_label, plots=plots, markdown=out
+        )
     return ReportResult(out, int(any(worse.values())), worse, plots, cmp, run_a.path, run_b.path, wandb_dir)
 
 
@@ -92,17 +94,17 @@ def _single(run: Run, out: Path | None, wandb: bool, n_boot: int, seed: int) -> 
     out = Path(out) if out else Path("reports") / f"{_slug(run)}.md"
     assets = _assets(out)
     runs = {"run": run}
-    per_cat = per_category(runs)
-    plots = make_plots(runs, per_cat, assets)
+    per_label = per_group(runs)
+    plots = make_plots(runs, per_label, assets)
     summary = summarize_run(run, n_boot=n_boot, seed=seed)
     rel = [f"{assets.name}/{p.name}" for p in plots]
-    _write(out, render_single(run, summary, per_cat, rel, assets, n_boot=n_boot, seed=seed))
+    _write(out, render_single(run, summary, per_label, rel, assets, n_boot=n_boot, seed=seed))
     wandb_dir = None
     if wandb:
         from reports.wandb_log import log_report
 
         wandb_dir = log_report(
-            runs, comparison=None, summary=summary, per_cat=per_cat, plots=plots, markdown=out
+            runs, comparison=None, summary=summary, per_group=per_label, plots=plots, markdown=out
         )
     return ReportResult(out, 0, {}, plots, None, run.path, None, wandb_dir)
 

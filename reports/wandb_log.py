@@ -29,7 +29,7 @@ def log_report(
     *,
     comparison: Comparison | None,
     summary: list[MetricSummary] | None,
-    per_cat: pd.DataFrame,
+    per_group: dict[str, pd.DataFrame],
     plots: list[Path],
     markdown: Path,
     max_samples: int = 100,
@@ -53,10 +53,8 @@ def log_report(
         project="harness", job_type="report", name=name, mode=mode, config=config, reinit="finish_previous"
     )
     try:
-        log = {
-            "summary": _summary_table(wandb, comparison, summary),
-            "per_category": _category_table(wandb, per_cat),
-        }
+        log = {"summary": _summary_table(wandb, comparison, summary)}
+        log.update({f"per_{field}": _group_table(wandb, field, t) for field, t in per_group.items()})
         log["samples"] = _sample_table(wandb, runs, max_samples)
         log.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
         run.log(log)
@@ -87,40 +85,40 @@ def _summary_table(wandb, comparison: Comparison | None, summary: list[MetricSum
     return wandb.Table(columns=columns, data=rows)
 
 
-def _category_table(wandb, per_cat: pd.DataFrame):
-    columns = ["category", *per_cat.columns]
-    rows = [[str(category), *(_float(v) for v in values)] for category, values in per_cat.iterrows()]
+def _group_table(wandb, field: str, table: pd.DataFrame):
+    columns = [field, *table.columns]
+    rows = [[str(label), *(_float(v) for v in values)] for label, values in table.iterrows()]
     return wandb.Table(columns=columns, data=rows)
 
 
 def _sample_table(wandb, runs: dict[str, Run], max_samples: int):
-    """The first ``max_samples`` shared ids: image, truth and every run's output and scores."""
+    """The first ``max_samples`` shared ids: image, truth and every run's output, parsed values and
+    per-field scores (one column type each: numbers as float, text as str)."""
     by_label = {label: {r.id: r for r in run.records} for label, run in runs.items()}
     first = next(iter(runs.values()))
+    fields = first.fields
+    scores = [name for name, spec in first.specs.items() if spec.field and not spec.binary]
     ids = [r.id for r in first.records if all(r.id in recs for recs in by_label.values())][:max_samples]
-    columns = ["id", "image", "true_name", "true_category", "true_price"]
+
+    def value(field, v):
+        return _float(v) if field.numeric else _str(v)
+
+    columns = ["id", "image", *(f"true_{f.name}" for f in fields)]
     for label in runs:
         columns += [
             f"{label}_output",
-            f"{label}_price",
-            f"{label}_name_similarity",
-            f"{label}_price_ape",
-            f"{label}_error",
+            *(f"{label}_{f.name}" for f in fields),
+            *(f"{label}_{m}" for m in scores),
         ]
+        columns.append(f"{label}_error")
     rows = []
     for i in ids:
         truth = by_label[next(iter(runs))][i]
-        row = [
-            i,
-            _image(wandb, truth.image),
-            truth.truth.name,
-            truth.truth.category,
-            float(truth.truth.price),
-        ]
+        row = [i, _image(wandb, truth.image), *(value(f, truth.truth.get(f.name)) for f in fields)]
         for recs in by_label.values():
             r = recs[i]
-            row += [_str(r.output), _float(r.parsed.price), _float(r.scores.get("name_similarity")),
-                    _float(r.scores.get("price_ape")), _str(r.error)]  # fmt: skip
+            row += [_str(r.output), *(value(f, r.parsed.get(f.name)) for f in fields)]
+            row += [_float(r.scores.get(m)) for m in scores] + [_str(r.error)]
         rows.append(row)
     return wandb.Table(columns=columns, data=rows)
 

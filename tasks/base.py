@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.schema import DataInfo, Excluded, MetricSpec, MetricValue, Parsed, Record, Sample, Truth
+from harness.schema import (
+    DataInfo,
+    Excluded,
+    FieldInfo,
+    MetricSpec,
+    MetricValue,
+    Parsed,
+    Record,
+    Sample,
+    Truth,
+)
 
 
 @dataclass
@@ -22,9 +32,13 @@ class TaskData:
 
 
 class Task(Protocol):
+    """What every task offers the spine. Catalog tasks (tasks/catalog.py, from a TOML config) are one
+    implementation; a task that is not a catalog implements this directly."""
+
     name: str
     description: str
     split_seed: int  # fixed by the task: the split never depends on a training or sampling seed
+    prompt: str  # the prompt variant asked with (part of a run's identity)
 
     def load(
         self, source: str, split: str, *, limit: int | None = None, cache_dir: Path | None = None
@@ -32,7 +46,8 @@ class Task(Protocol):
         """Load ``split`` ("train", "validation" or "test") from ``source`` ("hub", "synthetic" or a path)."""
 
     def messages(self, sample: Sample | None = None) -> list[dict]:
-        """The user turn in the Hugging Face chat format: content = [{"type": "image"}, {"type": "text", ...}]."""
+        """The conversation in the Hugging Face chat format, ending with the user turn to answer; every
+        image part carries its file as "path" (the sample's own image when absent)."""
 
     def target(self, sample: Sample) -> str:
         """The answer a perfect model would generate (the training target)."""
@@ -44,7 +59,10 @@ class Task(Protocol):
         """A hash of the parser and scorers: a finished run scored by other code is re-scored."""
 
     def metric_specs(self) -> list[MetricSpec]:
-        """What each per-sample score means (label, direction, binary or not, per-category or not)."""
+        """What each per-sample score means (label, direction, binary or not, per-label or not)."""
+
+    def field_infos(self) -> list[FieldInfo]:
+        """The answer's fields (name, kind, unit): how reports show truths and parsed values."""
 
     def parse(self, text: str) -> Parsed:
         """Read the fields from a model's answer. Never raises."""
@@ -53,4 +71,4 @@ class Task(Protocol):
         """Per-sample scores of a batch; None where a score is undefined (e.g. no price parsed)."""
 
     def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
-        """Aggregates with 95 % bootstrap CIs, and the per-category breakdown."""
+        """Aggregates with 95 % bootstrap CIs, and per-label means ({label field: {label: {metric: mean}}})."""

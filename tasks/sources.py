@@ -22,9 +22,7 @@ from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
 from harness.errors import HarnessError
-
-REQUIRED_COLUMNS = ("title", "category3_code", "full_price")
-IMAGE_COLUMNS = ("image", "imageurl")
+from harness.store import write_atomic
 
 # Download knobs (module-level so tests can shrink them).
 WORKERS = 8
@@ -34,15 +32,8 @@ BACKOFF = 0.5  # seconds; doubles per retry
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV / Parquet / JSONL catalog table, its columns checked (one error naming them all)."""
+    """A CSV / Parquet / JSONL catalog table (its columns are the task's to check)."""
     suffix = path.suffix.lower()
     readers = {
         ".csv": pd.read_csv,
@@ -58,18 +49,42 @@ def read_table(path: Path) -> pd.DataFrame:
         df = readers[suffix](path)
     except Exception as err:  # noqa: BLE001 - any parser failure is the user's file, reported in one line
         raise HarnessError(f"{path}: cannot be read as {suffix[1:]}: {type(err).__name__}: {err}") from err
-    check_columns(df, str(path))
     return df
 
 
-def check_columns(df: pd.DataFrame, where: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if not any(c in df.columns for c in IMAGE_COLUMNS):
-        missing.append(" or ".join(IMAGE_COLUMNS))
-    if missing:
+def missing_columns(df: pd.DataFrame, required: list[str], any_of: list[str]) -> list[str]:
+    """The required columns ``df`` lacks, plus "a or b" when it has none of ``any_of``."""
+    missing = [c for c in dict.fromkeys(required) if c not in df.columns]
+    if any_of and not any(c in df.columns for c in any_of):
+        missing.append(" or ".join(any_of))
+    return missing
+
+
+def hub_dataset_commit(repo: str, revision: str | None) -> str:
+    """The commit sha a hub dataset's ``revision`` (default: main) points at; the hub, else the cache.
+
+    A benchmark must be keyed on data that cannot move: a branch name is never recorded as a revision.
+    """
+    revision = revision or "main"
+    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        sha = HfApi().dataset_info(repo, revision=revision, timeout=10).sha
+        if sha:
+            return sha
+    except Exception:  # noqa: BLE001 - offline, no access...: fall back to the cache
+        pass
+    try:
+        return Path(
+            snapshot_download(repo, repo_type="dataset", revision=revision, local_files_only=True)
+        ).name
+    except Exception as err:  # noqa: BLE001 - one clear line
         raise HarnessError(
-            f"{where}: missing column(s): {', '.join(missing)} (has: {', '.join(map(str, df.columns))})"
-        )
+            f"cannot resolve dataset {repo} revision {revision!r} to a commit (the hub is unreachable and it "
+            "is not in the Hugging Face cache); without network use `--data synthetic` or a local table"
+        ) from err
 
 
 def load_hub_table(repo: str, revision: str) -> pd.DataFrame:
@@ -82,9 +97,7 @@ def load_hub_table(repo: str, revision: str) -> pd.DataFrame:
             f"cannot load the dataset {repo} (revision {revision}) from the Hugging Face hub or its cache "
             f"({type(err).__name__}); without network use `--data synthetic` or a local CSV/Parquet/JSONL path"
         ) from err
-    df = ds.to_pandas()
-    check_columns(df, f"{repo}@{revision}")
-    return df
+    return ds.to_pandas()
 
 
 def check_image(path: Path, *, full: bool = False) -> str | None:
@@ -180,4 +193,5 @@ def fetch_images(urls: Iterable[str], images_dir: Path) -> dict[str, Path | str]
 
 
 def write_manifest(path: Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")

@@ -40,3 +40,15 @@ def harness_cache(tmp_path_factory):
         os.environ.pop("HARNESS_CACHE", None)
     else:
         os.environ["HARNESS_CACHE"] = old
+
+
+def make_task(name: str = "burberry", *, synthetic_size: int = 600, prompt: str = "default", **data):
+    """A task by name with its data settings changed (e.g. revision=...): what a user's copy of a
+    config would say."""
+    from tasks import get_task
+
+    task = get_task(name, prompt=prompt)
+    task.synthetic_size = synthetic_size
+    if data:
+        task.config.data = task.config.data.model_copy(update=data)
+    return task

@@ -56,7 +56,7 @@ def test_render_uses_phi3_chat_format(generator):
 
 def test_batch_size_does_not_change_greedy_outputs(any_generator):
     generator = any_generator
-    ps, ims = prompts(generator, 12), [noise(i) for i in range(12)]
+    ps, ims = prompts(generator, 12), [[noise(i)] for i in range(12)]
     one_by_one = [generator.generate([p], [im], 24)[0] for p, im in zip(ps, ims, strict=True)]
     batched = generator.generate(ps[:8], ims[:8], 24) + generator.generate(ps[8:], ims[8:], 24)
     assert batched == one_by_one
@@ -66,8 +66,8 @@ def test_batch_size_does_not_change_greedy_outputs(any_generator):
 def test_image_reaches_the_model(any_generator):
     generator = any_generator
     ps = prompts(generator, 1) * 6
-    flat = [Image.new("RGB", (48, 48), (i * 40, 255 - i * 40, 128)) for i in range(6)]
-    noisy = [noise(100 + i) for i in range(6)]
+    flat = [[Image.new("RGB", (48, 48), (i * 40, 255 - i * 40, 128))] for i in range(6)]
+    noisy = [[noise(100 + i)] for i in range(6)]
     assert generator.generate(ps, flat, 16) != generator.generate(ps, noisy, 16)
 
 
@@ -77,7 +77,7 @@ def test_decodes_only_new_tokens_within_budget_and_stops_at_end(generator, monke
     monkeypatch.setattr(
         generator.tokenizer, "batch_decode", lambda ids, **kw: seen.append(ids) or decode(ids, **kw)
     )
-    ps, ims = prompts(generator, 8), [noise(i) for i in range(8)]
+    ps, ims = prompts(generator, 8), [[noise(i)] for i in range(8)]
     generator.generate(ps, ims, 12)
     (ids,) = seen
     assert ids.shape[0] == 8 and ids.shape[1] <= 12  # new tokens only (the prompts are ~40 tokens)
@@ -97,7 +97,7 @@ def test_lora_adapter_loads_on_its_base_and_changes_outputs(tiny, generator, tmp
     peft_model.save_pretrained(tmp_path / "adapter")
 
     tuned = load_generator(tiny.model_copy(update={"adapter": str(tmp_path / "adapter")}), device="cpu")
-    ps, ims = prompts(generator, 4), [noise(i) for i in range(4)]
+    ps, ims = prompts(generator, 4), [[noise(i)] for i in range(4)]
     expected = load_generator(tiny, device="cpu")
     expected.model = peft_model.eval()  # the adapter as trained, unmerged
     assert tuned.generate(ps, ims, 16) == expected.generate(ps, ims, 16)
@@ -178,8 +178,10 @@ def test_tuned_model_is_measured_unmerged_as_trained_in_bf16(tmp_path):
     merged_base, _, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
     merged = PeftModel.from_pretrained(merged_base, str(tmp_path / "adapter")).merge_and_unload().eval()
 
-    ps, ims = prompts(tuned, 4), [noise(i) for i in range(4)]
-    inputs = processor(text=ps, images=ims, padding=True, padding_side="left", return_tensors="pt")
+    ps, ims = prompts(tuned, 4), [[noise(i)] for i in range(4)]
+    inputs = processor(
+        text=ps, images=[i[0] for i in ims], padding=True, padding_side="left", return_tensors="pt"
+    )
     inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
     with torch.inference_mode():
         logits = {

@@ -12,13 +12,14 @@ from harness.schema import (
     PREDICTIONS_FILE,
     DataInfo,
     ModelInfo,
-    Parsed,
     Record,
     RunConfig,
     RunMetrics,
-    Truth,
 )
-from tasks.burberry import METRIC_SPECS
+from tasks import get_task
+
+TASK = get_task("burberry")
+METRIC_SPECS = TASK.metric_specs()
 
 CATEGORIES = ["Coats", "Scarves", "Bags"]
 
@@ -42,18 +43,20 @@ def record(
 ) -> Record:
     """One sample: category/name right iff ``correct``; a price ``ape`` off the truth (None = no price)."""
     category = category or CATEGORIES[i % len(CATEGORIES)]
-    truth = Truth(name=f"Product {i}", category=category, price=100.0 + i)
-    price = None if ape is None else truth.price * (1 + ape)
-    parsed = Parsed(
-        name=truth.name if correct else "Other", category=category if correct else "Hats", price=price
-    )
+    truth = {"name": f"Product {i}", "category": category, "price": 100.0 + i}
+    price = None if ape is None else truth["price"] * (1 + ape)
+    parsed = {
+        "name": truth["name"] if correct else "Other",
+        "category": category if correct else "Hats",
+        "price": price,
+    }
     scores = {
         "name_similarity": sim,
         "name_exact": float(correct),
         "category_exact": float(correct),
         "price_within_10": float(ape is not None and ape <= 0.10),
         "price_within_25": float(ape is not None and ape <= 0.25),
-        "price_abs_error": None if ape is None else abs(price - truth.price),
+        "price_abs_error": None if ape is None else abs(price - truth["price"]),
         "price_ape": ape,
         "price_log_error": None if ape is None else abs(__import__("math").log1p(ape)),
         "parsed": 1.0,
@@ -63,7 +66,7 @@ def record(
     }
     if error:
         return Record(id=f"s{i:03d}", image=img, prompt="p", truth=truth, error=error)
-    text = output if output is not None else f"{parsed.name} | {parsed.category} | {price}"
+    text = output if output is not None else f"{parsed['name']} | {parsed['category']} | {price}"
     return Record(
         id=f"s{i:03d}", image=img, prompt="p", output=text, parsed=parsed, truth=truth, scores=scores
     )
@@ -102,6 +105,7 @@ def write_run(
         versions={"transformers": "5.24"},
         created=created,
         metric_specs=list(specs),
+        fields=TASK.field_infos(),
     )
     (run / CONFIG_FILE).write_text(config.model_dump_json())
     if status is not None:

@@ -123,7 +123,11 @@ def test_report_names_what_was_compared(report):
 
 def test_plots_and_thumbnails_are_valid_images_linked_relatively(report, tmp_path):
     result, md = report
-    assert [p.name for p in result.plots] == ["price_scatter.png", "ape_cdf.png", "category_accuracy.png"]
+    assert [p.name for p in result.plots] == [
+        "price_scatter.png",
+        "price_ape_cdf.png",
+        "category_accuracy.png",
+    ]
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) > 3 and all(not Path(link).is_absolute() for link in links)
     for link in set(links):

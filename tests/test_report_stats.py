@@ -185,13 +185,13 @@ def test_single_run_report_cis_equal_metrics_json(tmp_path):
     """One bootstrap: the report's CIs of a run are exactly its metrics.json's."""
     from harness.schema import METRICS_FILE, RunMetrics
     from reports.compare import summarize_run
-    from tasks.burberry import BurberryTask
+    from tasks import get_task
 
     recs = [
         record(i, correct=i % 3 == 0, ape=None if i % 4 == 0 else 0.05 * (i % 6), sim=30 + i)
         for i in range(40)
     ]
-    values, _ = BurberryTask().aggregate(recs)
+    values, _ = get_task("burberry").aggregate(recs)
     run = write_run(tmp_path, "run", "base", recs)
     metrics = RunMetrics(task="burberry", model="base", n=40, metrics=values)
     (run / METRICS_FILE).write_text(metrics.model_dump_json())

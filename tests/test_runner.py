@@ -14,7 +14,7 @@ import backends.hf
 from harness.errors import HarnessError
 from harness.models import resolve
 from harness.runner import run_eval
-from harness.schema import DataInfo, MetricSpec, MetricValue, Parsed, Record, Sample, Truth
+from harness.schema import DataInfo, FieldInfo, MetricSpec, MetricValue, Record, Sample
 from harness.store import load_run
 from tasks.base import TaskData
 
@@ -26,6 +26,8 @@ class FakeTask:
     description = "test task"
     split_seed = 0
     scoring = "v1"
+    prompt = "default"
+    source = "test"
 
     def load(self, source, split, *, limit=None, cache_dir=None) -> TaskData:
         seed = 0
@@ -37,7 +39,7 @@ class FakeTask:
             if not path.exists():
                 pixels = np.random.default_rng(seed * 1000 + i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(path)
-            truth = Truth(name=f"item {i}", category="BAGS" if i % 2 else "SHOES", price=100.0 + i)
+            truth = {"name": f"item {i}", "category": "BAGS" if i % 2 else "SHOES", "price": 100.0 + i}
             samples.append(Sample(id=f"s{i:03d}", image=str(path), truth=truth))
         digest = hashlib.sha256(b"".join(Path(s.image).read_bytes() for s in samples)).hexdigest()
         info = DataInfo(source=str(root), split=split, fingerprint=digest, n_samples=len(samples))
@@ -49,13 +51,16 @@ class FakeTask:
         ]
 
     def target(self, sample):
-        return sample.truth.name
+        return sample.truth["name"]
 
     def prompt_identity(self):
         return "name-the-product"
 
     def scoring_identity(self):
         return self.scoring
+
+    def field_infos(self):
+        return [FieldInfo(name="name", kind="text")]
 
     def metric_specs(self):
         return [
@@ -64,11 +69,11 @@ class FakeTask:
         ]
 
     def parse(self, text):
-        return Parsed(name=text.strip() or None)
+        return {"name": text.strip() or None}
 
     def score(self, truths, parsed):
         return [
-            {"name_exact": float(p.name == t.name), "answered": float(p.name is not None)}
+            {"name_exact": float(p.get("name") == t["name"]), "answered": float(p.get("name") is not None)}
             for t, p in zip(truths, parsed, strict=True)
         ]
 
@@ -139,7 +144,7 @@ def test_generation_error_in_a_batch_is_retried_one_by_one(tmp_path, tiny, monke
     real = backends.hf.HFGenerator.generate
 
     def flaky(self, prompts, images, max_new_tokens):
-        if any(im.getpixel((0, 0)) == first_pixel for im in images):
+        if any(ims[0].getpixel((0, 0)) == first_pixel for ims in images):
             raise RuntimeError("boom\nsecond line")
         return real(self, prompts, images, max_new_tokens)
 

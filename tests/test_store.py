@@ -15,7 +15,6 @@ from harness.schema import (
     Record,
     RunConfig,
     RunMetrics,
-    Truth,
 )
 from harness.store import RunStore, load_run, read_records, run_key, write_atomic
 
@@ -36,7 +35,7 @@ def record(i: int) -> Record:
         image=f"/x/{i}.png",
         prompt="p",
         output=f"o{i}",
-        truth=Truth(name="n", category="c", price=1),
+        truth={"name": "n", "label": "c", "amount": 1.0},
     )
 
 

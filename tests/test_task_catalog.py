@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
+from conftest import make_task
 from PIL import Image
 
-from tasks.burberry import SPLITS, BurberryTask, assert_no_leakage
-from tasks.catalog import CATEGORIES, build_catalog, generate_rows
+from tasks.catalog import SPLITS, assert_no_leakage
+from tasks.synthetic import CATEGORIES, build_catalog, generate_rows
 
 
 def _digest(path) -> str:
@@ -63,7 +64,7 @@ def test_images_show_the_category(tmp_path):
 
 
 def test_synthetic_load_split_and_labels(tmp_path):
-    task = BurberryTask(synthetic_size=200)
+    task = make_task(synthetic_size=200)
     data = {split: task.load("synthetic", split, cache_dir=tmp_path) for split in SPLITS}
     assert_no_leakage({k: v.samples for k, v in data.items()})
     assert sum(len(d.samples) for d in data.values()) == 200
@@ -73,8 +74,7 @@ def test_synthetic_load_split_and_labels(tmp_path):
     again = task.load("synthetic", "test", cache_dir=tmp_path)
     assert again.info.fingerprint == info.fingerprint and info.split_seed == task.split_seed == 0
     assert [s.id for s in again.samples] == sorted(s.id for s in again.samples)
-    other = BurberryTask(synthetic_size=200)
-    other.split_seed = 1  # the split is the task's: another split seed is another test set
+    other = make_task(synthetic_size=200, split_seed=1)  # the task's own seed: another test set
     moved = other.load("synthetic", "test", cache_dir=tmp_path)
     assert moved.info.fingerprint != info.fingerprint and moved.info.split_seed == 1
     limited = task.load("synthetic", "test", limit=5, cache_dir=tmp_path)

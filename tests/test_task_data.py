@@ -12,11 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import datasets
 import pandas as pd
 import pytest
+from conftest import make_task
 from PIL import Image
 
 from harness.errors import HarnessError
 from tasks import sources
-from tasks.burberry import SPLITS, BurberryTask, assert_no_leakage, normalise, split_of
+from tasks.catalog import SPLITS, assert_no_leakage, split_of
+from tasks.text import normalise
 
 
 def _png(colour=(200, 30, 40)) -> bytes:
@@ -92,15 +94,17 @@ def test_hub_downloads_exclusions_and_cache(server, fast_downloads, monkeypatch,
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    task = BurberryTask(revision="abc123")
+    task = make_task(revision="abc123" * 6 + "abcd")  # a pinned commit: used as is, nothing resolved
     data = task.load("hub", "test", cache_dir=tmp_path)
-    assert calls == [("DBQ/Burberry.Product.prices.United.States", "abc123", "train")]
+    assert calls == [("DBQ/Burberry.Product.prices.United.States", "abc123" * 6 + "abcd", "train")]
     assert sorted(s.id for s in data.samples) == ["100", "101", "102"]
     reasons = {e.id: e.reason for e in data.excluded}
     assert set(reasons) == {"103", "104", "105", "106"}
     assert "HTTP 404" in reasons["103"] and "not a readable image" in reasons["104"]
     assert "ReadTimeout" in reasons["105"] and "not an http(s) URL" in reasons["106"]
-    assert data.info.n_excluded == 4 and data.info.revision == "abc123" and not data.info.synthetic
+    assert (
+        data.info.n_excluded == 4 and data.info.revision == "abc123" * 6 + "abcd" and not data.info.synthetic
+    )
     manifest = json.loads(open(data.info.manifest).read())
     assert {e["id"] for e in manifest["excluded"]} == set(reasons) and manifest["n_samples"] == 3
     assert all(Image.open(s.image).size == (8, 8) for s in data.samples)
@@ -119,7 +123,7 @@ def test_hub_downloads_exclusions_and_cache(server, fast_downloads, monkeypatch,
 def test_hub_offline_without_cache_suggests_synthetic(tmp_path):
     # A revision that cannot exist: offline (conftest) and never cached, so the real loader must fail.
     with pytest.raises(HarnessError, match="--data synthetic"):
-        BurberryTask(revision="0" * 40).load("hub", "test", cache_dir=tmp_path)
+        make_task(revision="0" * 40).load("hub", "test", cache_dir=tmp_path)
 
 
 def _truncated_jpeg() -> bytes:
@@ -161,7 +165,7 @@ def test_local_tables(fmt, tmp_path):
         df.astype({"full_price": str}).to_parquet(path)
     else:
         df.to_json(path, orient="records", lines=True)
-    task = BurberryTask()
+    task = make_task()
     splits = {split: task.load(str(path), split, cache_dir=tmp_path / "cache") for split in SPLITS}
     assert_no_leakage({k: v.samples for k, v in splits.items()})
     kept = {s.id for d in splits.values() for s in d.samples}
@@ -175,18 +179,19 @@ def test_local_tables(fmt, tmp_path):
     )  # truncated: fully decoded
     assert sum(d.info.n_excluded for d in splits.values()) == 4
     sample = next(s for d in splits.values() for s in d.samples if s.id == "507")
-    assert sample.truth.price == 1007.0 and sample.group == "wool cape 3"
+    assert sample.truth["price"] == 1007.0 and sample.group == "wool cape 3"
 
 
 def test_missing_columns_named(tmp_path):
     path = tmp_path / "bad.csv"
     pd.DataFrame([{"title": "x", "price": 1}]).to_csv(path, index=False)
     with pytest.raises(
-        HarnessError, match=r"bad\.csv: missing column\(s\): category3_code, full_price, image or imageurl"
+        HarnessError,
+        match=r"bad\.csv: task 'burberry' needs column\(s\) category3_code, full_price, image or imageurl",
     ):
-        BurberryTask().load(str(path), "test", cache_dir=tmp_path)
+        make_task().load(str(path), "test", cache_dir=tmp_path)
     with pytest.raises(HarnessError, match="unknown split"):
-        BurberryTask().load(str(path), "dev", cache_dir=tmp_path)
+        make_task().load(str(path), "dev", cache_dir=tmp_path)
 
 
 def test_split_is_stable_grouped_and_proportioned():
@@ -204,7 +209,7 @@ def test_unchanged_local_table_is_reused_and_a_changed_image_reloads(tmp_path, m
     df = _write_catalog(folder).iloc[10:]  # only good rows: nothing excluded
     path = folder / "catalog.csv"
     df.to_csv(path, index=False)
-    task = BurberryTask()
+    task = make_task()
     first = task.load(str(path), "train", cache_dir=tmp_path / "cache")
 
     def no_reading(*args, **kwargs):

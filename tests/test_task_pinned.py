@@ -22,7 +22,7 @@ def answers(samples) -> list[str]:
     """Eight answer shapes a model produces, right and wrong, formatted and not."""
     out = []
     for i, s in enumerate(samples):
-        name, category, price = s.truth.name, s.truth.category, s.truth.price
+        name, category, price = s.truth["name"], s.truth["category"], s.truth["price"]
         out.append(
             [
                 f"Product: {name}, Category: {category}, Full Price: {float(price)}",
@@ -53,7 +53,7 @@ def compute() -> dict:
         "n": len(data.samples),
         "ids": [s.id for s in data.samples],
         "metrics": {k: v.model_dump() for k, v in metrics.items()},
-        "per_category": per_group,
+        "per_category": per_group["category"],  # the pinned file's name for the per-label table
     }
 
 
@@ -67,7 +67,10 @@ def test_burberry_numbers_on_the_synthetic_catalog_are_unchanged():
             assert got["metrics"][name][key] == pytest.approx(value[key], rel=1e-12, abs=1e-12), (name, key)
     for category, row in expected["per_category"].items():
         for key, value in row.items():
-            assert got["per_category"][category][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (category, key)
+            assert got["per_category"][category][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (
+                category,
+                key,
+            )
 
 
 if __name__ == "__main__":  # how the fixture was made

@@ -113,7 +113,7 @@ def test_export_merged_loads_without_remote_code_and_answers_the_same(trained, w
 
     task = get_task("burberry")
     samples = task.load("synthetic", "test").samples[:12]
-    images = [Image.open(s.image).convert("RGB") for s in samples]
+    images = [[Image.open(s.image).convert("RGB")] for s in samples]
     a, b = HFGenerator(merged, processor, "cpu"), HFGenerator(unmerged, base_processor, "cpu")
     prompts = [a.render(task.messages(s)) for s in samples]
     assert a.generate(prompts, images, 48) == b.generate(prompts, images, 48)

@@ -13,7 +13,7 @@ from backends.hf import load_model_and_processor
 from backends.trl import Example, TrainParams, VisionSFTCollator, _StopAfter, image_token_ids, train
 from harness.errors import HarnessError
 from harness.models import resolve
-from harness.schema import Sample, Truth
+from harness.schema import Sample
 from harness.train import _newest_unfinished, check_no_leak
 
 MESSAGES = [
@@ -207,7 +207,7 @@ def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monk
 
 def test_leaks_are_refused():
     def sample(i: str, group: str) -> Sample:
-        return Sample(id=i, image="x.png", truth=Truth(name="n", category="c", price=1.0), group=group)
+        return Sample(id=i, image="x.png", truth={"name": "n"}, group=group)
 
     check_no_leak([sample("1", "a")], [sample("2", "b")], [sample("3", "c")])
     with pytest.raises(HarnessError, match="data leak"):

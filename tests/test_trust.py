@@ -39,11 +39,11 @@ def test_stop_reason_end_is_told_apart_from_length(tmp_path, tiny):
     from PIL import Image
 
     image = Image.open(data.samples[0].image).convert("RGB")
-    first = generator.generate([prompt], [image], 6)[0]
+    first = generator.generate([prompt], [[image]], 6)[0]
     assert first.stop == "length" and first.n_tokens == 6
     emitted = generator.tokenizer(first.text, add_special_tokens=False)["input_ids"]
     generator.stop_ids = [emitted[1]]  # pretend its second token ends the turn
-    ended = generator.generate([prompt], [image], 6)[0]
+    ended = generator.generate([prompt], [[image]], 6)[0]
     assert (ended.stop, ended.n_tokens) == ("end", 2)
 
 
@@ -72,7 +72,7 @@ def _failing_on(monkeypatch, bad_ids: set[str], tmp_path):
     real = backends.hf.HFGenerator.generate
 
     def flaky(self, prompts, images, max_new_tokens):
-        if any(im.getpixel((0, 0)) in pixels for im in images):
+        if any(ims[0].getpixel((0, 0)) in pixels for ims in images):
             raise RuntimeError("device-side assert triggered")
         return real(self, prompts, images, max_new_tokens)
 
@@ -122,7 +122,7 @@ def test_cli_exits_non_zero_on_an_incomplete_run(tmp_path, monkeypatch):
     real = backends.hf.HFGenerator.generate
 
     def two_samples_fail(self, prompts, images, max_new_tokens):
-        if any(im.tobytes() in bad for im in images):
+        if any(ims[0].tobytes() in bad for ims in images):
             raise RuntimeError("flaky")
         return real(self, prompts, images, max_new_tokens)
 
@@ -170,7 +170,7 @@ def test_a_finished_run_is_rescored_when_the_scorers_change(tmp_path, tiny, monk
     again = run(tmp_path, tiny, task=task)
     assert again == first and "re-scored" in capsys.readouterr().out
     _, records, metrics = load_run(first)
-    assert metrics.scoring == "v2" and {r.parsed.name for r in records} == {"item 0"}
+    assert metrics.scoring == "v2" and {r.parsed["name"] for r in records} == {"item 0"}
     assert metrics.metrics["name_exact"].value == pytest.approx(1 / 12)
 
 
