@@ -91,6 +91,10 @@ def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch
     result = make_report(base, tuned_run, out=tmp_path / "report.md", n_boot=300)
     md = result.markdown.read_text()
     assert "## Per type" in md and "## Per colour" in md and "type accuracy" in md and "colour accuracy" in md
+    # Cross-catalog: the adapter trained on the shop is evaluated on another task's test split.
+    other = run_eval(model=str(tuned), task="burberry", data="synthetic", limit=2, max_new_tokens=6,
+                     output_dir=tmp_path / "runs")  # fmt: skip
+    assert load_run(other)[0].task == "burberry" and load_run(other)[0].model.adapter == str(tuned.resolve())
     assert [p.name for p in result.plots] == [
         "price_scatter.png", "price_ape_cdf.png", "type_accuracy.png", "colour_accuracy.png"
     ]  # fmt: skip
