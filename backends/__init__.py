@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # name -> module exposing ``load_generator(model_info, device=None, dtype=None)``.
 BACKENDS: dict[str, str] = {"hf": "backends.hf"}

@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+# A model directory may ship its own training overrides (backends.trl.recipe reads them).
+RECIPE_FILE = "harness-recipe.json"
+
+
 @dataclass(frozen=True)
 class Generation:
     """One answer, with how it ended: "length" means it was cut at max_new_tokens (truncated)."""

@@ -7,17 +7,21 @@ text out. The caller (harness.models) has already applied the remote-code policy
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import Generation
-from harness.errors import HarnessError
-from harness.schema import ModelInfo
+from harness.core.errors import HarnessError
+from harness.core.schema import ModelInfo
 
 if TYPE_CHECKING:
     from PIL import Image
 
-END_TOKENS = ("<|end|>", "<|endoftext|>")  # Phi-3 style turn / text ends, used when the vocab has them
+# Kept out of 4-bit quantisation whatever the family: the image path (a frozen vision tower
+# quantised to NF4 loses the image) and the output head.
+NOT_QUANTIZED = ["vision_embed_tokens", "vision_tower", "vision_model", "multi_modal_projector", "img_projection", "lm_head"]  # fmt: skip
+QUANTIZATIONS = (None, "nf4")
 
 
 def pick_device(device: str | None = None) -> str:
@@ -41,6 +45,37 @@ def pick_dtype(device: str, dtype: Any = None):
             raise HarnessError(f"unknown dtype {dtype!r}; use e.g. float32, bfloat16 or float16")
         return getattr(torch, dtype)
     return dtype
+
+
+def check_quantization(quantization: str | None, device: str) -> None:
+    """4-bit needs a CUDA GPU and bitsandbytes: say so plainly instead of failing deep inside."""
+    if quantization not in QUANTIZATIONS:
+        raise HarnessError(f"unknown quantization {quantization!r}; valid: nf4")
+    if quantization is None:
+        return
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise HarnessError("4-bit (--qlora) needs a CUDA GPU (bitsandbytes); none is available here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise HarnessError("4-bit (--qlora) needs bitsandbytes: pip install bitsandbytes") from err
+
+
+def _quantization_config(quantization: str | None):
+    if quantization is None:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=NOT_QUANTIZED,  # the skip list applies to 4-bit too
+    )
 
 
 def _is_phi3v(info: ModelInfo) -> bool:
@@ -69,27 +104,36 @@ def _auto_class(info: ModelInfo):
 
 
 def load_model_and_processor(
-    model_info: ModelInfo, device: str | None = None, dtype: Any = None, *, load_adapter: bool = True
+    model_info: ModelInfo,
+    device: str | None = None,
+    dtype: Any = None,
+    *,
+    load_adapter: bool = True,
+    quantization: str | None = None,
 ):
-    """Load ``(model, processor, device)``; the training backend shares this exact loading code.
+    """The one model loader (evaluation, training, QLoRA, export): ``(model, processor, device)``.
 
+    Options are data: the model's own (attention implementation, num_crops, revision, remote code)
+    in ``model_info``; the run's here. Weights load straight onto ``device`` (no host staging of a
+    GPU model); ``quantization="nf4"`` keeps the vision tower, projector and head out of 4-bit.
     ``load_adapter=False`` returns the bare base even when ``model_info.adapter`` is set.
     """
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
+    check_quantization(quantization, device)
+    common = {
+        "dtype": torch_dtype,
+        "attn_implementation": model_info.attn_implementation,
+        "device_map": {"": device},
+        "quantization_config": _quantization_config(quantization),
+    }
     source = model_info.path
     try:
         if _is_phi3v(model_info) and not model_info.trust_remote_code:
             from backends import phi3v
 
             local = source if Path(source).is_dir() else _download(source, model_info.revision)
-            model, processor = phi3v.load(
-                local,
-                dtype=torch_dtype,
-                device=device,
-                num_crops=model_info.num_crops,
-                attn_implementation=model_info.attn_implementation,
-            )
+            model, processor = phi3v.load(local, num_crops=model_info.num_crops, **common)
         else:
             from transformers import AutoProcessor
 
@@ -98,16 +142,27 @@ def load_model_and_processor(
                 kwargs["trust_remote_code"] = True
             extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
             processor = AutoProcessor.from_pretrained(source, **kwargs, **extra)
-            model = _auto_class(model_info).from_pretrained(
-                source, dtype=torch_dtype, attn_implementation=model_info.attn_implementation, **kwargs
+            model, loading = _auto_class(model_info).from_pretrained(
+                source, output_loading_info=True, **common, **kwargs
             )
-            model.to(device)
+            _warn_missing(model_info, loading)
     except (OSError, ValueError) as err:  # hub errors (offline, missing repo) are OSErrors too
         raise HarnessError(f"cannot load model {model_info.name!r} from {source!r}: {err}") from err
     if load_adapter and model_info.adapter:
         model = _with_adapter(model, model_info.adapter)
     model.eval()
     return model, processor, device
+
+
+def _warn_missing(model_info: ModelInfo, loading: dict) -> None:
+    """Weights the checkpoint lacks are random: always said (the libraries' own notice may be muted)."""
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        print(
+            f"WARNING: {len(missing)} weights of {model_info.name!r} are not in its checkpoint and are "
+            f"randomly initialised (e.g. {', '.join(missing[:3])}): its numbers are at risk",
+            file=sys.stderr,
+        )
 
 
 def _download(repo_id: str, revision: str | None) -> str:
@@ -143,13 +198,12 @@ class HFGenerator:
             self.pad_id = self.stop_ids[0]
 
     def _stop_ids(self) -> list[int]:
-        ids: list[int] = []
+        """The model's own end tokens: its generation config (set per family when it is built or
+        loaded, e.g. Phi-3-Vision's <|end|> and <|endoftext|>) and its tokenizer's eos."""
         eos = self.model.generation_config.eos_token_id
-        ids.extend(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        ids = list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else []
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
-        vocab = self.tokenizer.get_vocab()
-        ids.extend(vocab[t] for t in END_TOKENS if t in vocab)
         return list(dict.fromkeys(ids))
 
     def render(self, messages: list[dict]) -> str:

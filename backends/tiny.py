@@ -8,10 +8,13 @@ Random weights: its answers are nonsense until trained, but every code path is r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+
+from backends.base import RECIPE_FILE
 
 MARKER = "harness-tiny.done"  # written last: a directory without it is a half-built one
 IMAGE_TOKEN = "<image>"
@@ -31,11 +34,25 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{{ '\n' }}{% endif %}"
 )
 
+# How a tiny random model is fine-tuned (written into its directory as harness-recipe.json): fp32,
+# a high lr and trainable embeddings/head, LoRA on the projector and vision linears too -- without
+# these, LoRA on random weights barely learns, and the random frozen tower hides the image.
+TINY_RECIPE = {
+    "epochs": 6, "lr": 3e-3, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
+    "lora_dropout": 0.0, "warmup_steps": 5, "bf16": False, "gradient_checkpointing": False,
+    "modules_to_save": "embeddings", "lora_projector": True, "lora_vision": True, "save_steps": 50,
+    "logging_steps": 5, "eval_every": 50, "n_eval": 16,
+}  # fmt: skip
+
 # Sized so that generation is realistic (batching pays off) yet a test run takes seconds.
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 VOCAB_SIZE = 1000
 SEED = 0
+
+
+def write_recipe(model_dir: Path) -> None:
+    (Path(model_dir) / RECIPE_FILE).write_text(json.dumps(TINY_RECIPE, indent=1) + "\n")
 
 
 def is_built(path: Path) -> bool:
@@ -140,6 +157,7 @@ def build_tiny(path: Path, corpus: Iterable[str]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    write_recipe(tmp)
     (tmp / MARKER).write_text("ok\n")
     if not is_built(path):  # another process may have finished first
         shutil.rmtree(path, ignore_errors=True)

@@ -18,6 +18,33 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also show the libraries' own warnings and log lines.")
+    ] = False,
+) -> None:
+    """Evaluation-first benchmarks for vision-language models on product catalogs."""
+    if not verbose:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/TRL/peft deprecation notices and info logs off the console.
+
+    Warnings that put numbers at risk are the harness's own (weights missing from a checkpoint,
+    truncation, errors, incomplete runs) and are always shown; --verbose shows everything.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for kind in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", "", kind, r"(transformers|trl|peft|accelerate|torch)(\.|$)")
+
+
 def fail(message: str) -> None:
     """One clear line on stderr and a non-zero exit: how every user error ends."""
     typer.secho(f"error: {message}", err=True, fg="red")
@@ -27,7 +54,7 @@ def fail(message: str) -> None:
 @contextmanager
 def user_errors():
     """Turn a HarnessError (bad input, named file/row/field) into `fail`'s one line."""
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     try:
         yield
@@ -68,7 +95,7 @@ def task_check_cmd(
             typer.secho(f"error: {line}", err=True, fg="red")
         raise typer.Exit(2) from None
     except Exception as err:  # noqa: BLE001 - HarnessError and the like: one line
-        from harness.errors import HarnessError
+        from harness.core.errors import HarnessError
 
         if not isinstance(err, HarnessError):
             raise
@@ -123,11 +150,10 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
-    from harness.runner import run_eval
-    from harness.store import RunStore
+    from harness.api import evaluate
 
     with user_errors():
-        run_dir = run_eval(
+        run = evaluate(
             task=task,
             model=model,
             data=data,
@@ -144,8 +170,8 @@ def run_cmd(
             max_error_rate=max_error_rate,
             prompt=prompt,
         )
-    typer.echo(f"run directory: {run_dir}")
-    if RunStore(run_dir).finished() is None:  # written, but incomplete: its numbers are not final
+    typer.echo(f"run directory: {run.path}")
+    if not run.complete:  # written, but incomplete: its numbers are not final
         raise typer.Exit(1)
 
 
@@ -194,10 +220,10 @@ def train_cmd(
         fail(f"unknown training backend {backend!r}; valid backends: trl")
     if report_to not in ("none", "wandb"):
         fail(f"--report-to must be none or wandb, not {report_to!r}")
-    from harness.train import train_cmd_impl
+    from harness.api import train
 
     with user_errors():
-        out = train_cmd_impl(
+        out = train(
             model=model,
             task=task,
             data=data,
@@ -218,7 +244,7 @@ def train_cmd(
             n_eval=n_eval,
             device=device,
         )
-    typer.echo(f"trained model: {out}")
+    typer.echo(f"trained model: {out.output_dir}")
 
 
 @app.command("export")

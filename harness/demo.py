@@ -24,7 +24,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     """Run every step, printing where each result lands; returns those paths."""
     from harness.models import resolve
     from harness.runner import run_eval
-    from harness.train import train_cmd_impl
+    from harness.training import run_training
     from reports.report import make_report
 
     console = Console()
@@ -40,14 +40,14 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     base_run = run_eval(model=MODEL, **eval_kwargs)
 
     console.rule("[bold]2/4  fine-tune it (TRL SFTTrainer + LoRA) on the train split")
-    tuned = train_cmd_impl(
+    tuned = run_training(
         model=MODEL,
         task=DEFAULT_TASK,
         data=DATA,
         output_dir=workdir / "outputs" / "train" / f"{MODEL}-{datetime.now():%Y%m%d-%H%M%S}",
         max_steps=120 if quick else None,
         resume=False,
-    )
+    ).output_dir
 
     console.rule("[bold]3/4  evaluate the tuned model on the same test split")
     # Named like the alias `harness run --model tiny-phi3v-tuned` resolves to, wherever --workdir is.
@@ -55,7 +55,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> dict[str, Path]:
     tuned_run = run_eval(model=tuned_info, **eval_kwargs)
 
     console.rule("[bold]4/4  compare")
-    result = make_report(base_run, tuned_run, out=workdir / "reports" / "demo.md")
+    result = make_report(base_run, tuned_run, out=runs_dir / "reports" / "demo.md")
 
     wall = time.perf_counter() - started
     paths = {"base run": base_run, "tuned model": tuned, "tuned run": tuned_run, "report": result.markdown}

@@ -11,8 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.schema import TRAIN_MANIFEST_FILE
+from harness.core.errors import HarnessError
+from harness.core.schema import TRAIN_MANIFEST_FILE
+from harness.core.store import write_atomic
 
 
 def export(model_name_or_dir: str | Path, out_dir: str | Path, merge: bool = True) -> Path:
@@ -33,15 +34,15 @@ def export(model_name_or_dir: str | Path, out_dir: str | Path, merge: bool = Tru
     if not merge:
         shutil.copytree(info.adapter, tmp, ignore=shutil.ignore_patterns("checkpoint-*", "wandb"))
     else:
+        import torch
+
         from backends.hf import load_model_and_processor
 
-        # fp32 on the CPU: merging in bf16 would round the LoRA delta into the base weights twice.
-        model, processor, _ = load_model_and_processor(
-            info, device="cpu", dtype="float32", load_adapter=False
-        )
-        from peft import PeftModel
-
-        merged = PeftModel.from_pretrained(model, info.adapter).merge_and_unload()
+        # Merged in fp32 on the CPU, then cast once to the checkpoint's own dtype: merging into
+        # bf16 weights would round the LoRA delta twice.
+        tuned, processor, _ = load_model_and_processor(info, device="cpu", dtype="float32")
+        merged = tuned.merge_and_unload()
+        merged = merged.to(getattr(torch, _checkpoint_dtype(info.path)))
         if hasattr(merged.config, "auto_map"):  # no pointer back to a repository's remote code
             del merged.config.auto_map
         merged.save_pretrained(tmp)
@@ -50,9 +51,24 @@ def export(model_name_or_dir: str | Path, out_dir: str | Path, merge: bool = Tru
     if manifest.is_file():  # provenance travels with the export
         data = json.loads(manifest.read_text())
         data["exported"] = {"merged": merge, "adapter": info.adapter}
-        (tmp / "harness-export.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(tmp / "harness-export.json", json.dumps(data, indent=2) + "\n")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def _checkpoint_dtype(base: str) -> str:
+    """The dtype the base checkpoint was published in (float32 when it does not say)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = (
+            Path(base) / "config.json" if Path(base).is_dir() else Path(hf_hub_download(base, "config.json"))
+        )
+        config = json.loads(path.read_text())
+    except Exception:  # noqa: BLE001 - no config to read: keep full precision
+        return "float32"
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"

@@ -13,7 +13,7 @@ working directory overrides aliases, revisions and the training output directory
 
 :func:`resolve` says what a name means; :func:`pin` turns that into an identity that cannot drift:
 a hub id's revision resolved to its commit sha, a local model or adapter directory identified by
-the hash of its contents. A run's identity (harness.store.run_key) is made of pinned ModelInfo.
+the hash of its contents. A run's identity (harness.core.store.run_key) is made of pinned ModelInfo.
 
 Nothing here imports torch at module level: ``harness --help`` and ``harness models`` stay fast.
 """
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from harness.errors import HarnessError
-from harness.paths import cache_dir
-from harness.schema import TRAIN_MANIFEST_FILE, ModelInfo, TrainManifest
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir
+from harness.core.schema import TRAIN_MANIFEST_FILE, ModelInfo, TrainManifest
 
 SETTINGS_FILE = "harness.toml"
 DEFAULT_TRAIN_DIR = Path("outputs/train")
@@ -344,7 +344,7 @@ def content_hash(root: Path) -> str:
         with open(f, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     value = digest.hexdigest()
-    from harness.store import write_atomic
+    from harness.core.store import write_atomic
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, json.dumps({"path": str(root), "signature": signature, "sha256": value}))
@@ -377,7 +377,7 @@ def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list
     paths), and runs are matched on what they loaded, not on the name typed then: a run made with
     ``--model base`` is found as ``phi-3-vision``. A revision pinned in harness.toml must match too.
     """
-    from harness.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
+    from harness.core.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
 
     info = resolve(name, build=False)
     found = []

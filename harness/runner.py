@@ -2,14 +2,11 @@
 
 Error policy, so that no number is printed as if nothing went wrong:
 
-- One bad sample never kills a run: an unreadable image or a failed generation becomes that sample's
-  Record with ``error`` set (scored as a miss and counted), and the run goes on.
+- Per sample, in the one generation loop (harness/generation.py): a bad sample is recorded with its
+  error and counted; consecutive generation errors stop the run; out of memory halves the batch.
 - A re-run retries errored samples (the retry's record supersedes the error's).
-- ``max_consecutive_errors`` generation errors in a row stop the run with the underlying error: the
-  model or device is broken, not one sample.
 - More than ``max_error_rate`` of the samples errored: the run is written as "incomplete"
   (metrics.json says so), the CLI exits non-zero and reports refuse it unless told otherwise.
-- Out of memory at batch N: the batch is halved (said once) and the size that ran is recorded.
 """
 
 from __future__ import annotations
@@ -23,31 +20,18 @@ from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 import harness
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.schema import GenerationInfo, ModelInfo, Record, RunConfig, RunMetrics
+from harness.core.store import RunStore, latest
+from harness.generation import MAX_CONSECUTIVE_ERRORS, generate_records
 from harness.models import pin, resolve
-from harness.schema import GenerationInfo, ModelInfo, Record, RunConfig, RunMetrics, Sample
-from harness.store import RunStore, latest
 from tasks.base import Task, TaskData
 
 VERSIONED = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pillow")
-MAX_CONSECUTIVE_ERRORS = 8
 MAX_ERROR_RATE = 0.05
-
-
-class OutOfMemory(Exception):
-    """A batch of more than one sample did not fit: the caller halves the batch."""
 
 
 def run_eval(
@@ -67,11 +51,13 @@ def run_eval(
     max_error_rate: float = MAX_ERROR_RATE,
     max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
     prompt: str = "default",
+    quiet: bool = False,
 ) -> Path:
     """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone.
 
     ``data`` None is the task's own data; ``max_new_tokens`` None sizes the budget from the task's
-    longest targets (see :func:`budget`); ``prompt`` picks the task's prompt variant.
+    longest targets (see :func:`budget`); ``prompt`` picks the task's prompt variant; ``quiet``
+    prints nothing (no tables, no progress).
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -86,7 +72,7 @@ def run_eval(
     info = model if isinstance(model, ModelInfo) else resolve(model, revision, trust_remote_code)
     task_data = task_obj.load(data, split, limit=limit)
     if info.adapter:
-        from harness.train import check_adapter_never_saw
+        from harness.training import check_adapter_never_saw
 
         check_adapter_never_saw(Path(info.adapter), task_obj.name, task_data)
     info = pin(info)
@@ -108,7 +94,7 @@ def run_eval(
         metric_specs=task_obj.metric_specs(),
     )
     store = RunStore.open(output_dir, config, fresh=fresh)
-    console = Console()
+    console = Console(quiet=quiet)
     finished = store.finished()
     if finished is not None:  # before loading the model: a finished re-run costs nothing
         if finished.scoring != task_obj.scoring_identity():
@@ -132,15 +118,15 @@ def run_eval(
     todo = [s for s in task_data.samples if s.id not in done]
     if len(todo) < len(task_data.samples):
         console.print(f"[dim]resuming {store.dir}: {len(task_data.samples) - len(todo)} samples done[/dim]")
-    size = _generate_all(
+    _, size = generate_records(
         task_obj,
         generator,
         todo,
-        store,
-        config,
-        console,
-        max_consecutive_errors,
-        f"{task_obj.name} / {info.name}",
+        batch_size=batch_size,
+        max_new_tokens=config.generation.resolved_max_new_tokens,
+        on_records=store.append,
+        max_consecutive_errors=max_consecutive_errors,
+        progress=None if quiet else f"{task_obj.name} / {info.name}",
     )
     metrics = summarise(
         task_obj, info, task_data, store.records(), time.perf_counter() - started, max_error_rate, size
@@ -148,37 +134,6 @@ def run_eval(
     store.finish(metrics)
     print_metrics(metrics, console)
     return store.dir
-
-
-def _generate_all(task, generator, todo, store, config, console, max_consecutive_errors, title) -> int:
-    """Generate, score and append every sample of ``todo``; returns the batch size that ran last."""
-    size, consecutive, i = config.batch_size, 0, 0
-    budget_tokens = config.generation.resolved_max_new_tokens
-    with _progress() as progress:
-        bar = progress.add_task(title, total=len(todo))
-        while i < len(todo):
-            batch = todo[i : i + size]
-            try:
-                records = run_batch(task, generator, batch, budget_tokens)
-            except OutOfMemory:
-                size = max(1, len(batch) // 2)
-                console.print(
-                    f"[yellow]out of memory at batch {len(batch)}: continuing at batch {size}[/yellow]"
-                )
-                continue
-            store.append(records)
-            progress.advance(bar, len(batch))
-            i += len(batch)
-            for record in records:
-                failed = record.error is not None and record.error.startswith("generation")
-                consecutive = consecutive + 1 if failed else 0
-                if consecutive >= max_consecutive_errors:
-                    raise HarnessError(
-                        f"stopped after {consecutive} generation errors in a row (the model or device is "
-                        f"broken, not one sample); the last: {record.error}. Fix it and re-run: errored "
-                        f"samples are retried ({store.dir})"
-                    )
-    return size
 
 
 def planned_device(device: str | None) -> str:
@@ -217,125 +172,6 @@ def _get_task(name: str, prompt: str = "default") -> Task:
         return get_task(name, prompt=prompt)
     except KeyError as err:
         raise HarnessError(str(err.args[0])) from err
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
-
-
-def run_batch(task: Task, generator, samples: list[Sample], max_new_tokens: int) -> list[Record]:
-    """Records for one batch, in sample order; per-sample errors instead of a failed batch.
-
-    Raises OutOfMemory when a batch of several samples does not fit (the caller halves it); any other
-    failure of the batch is retried one by one to find the sample at fault.
-    """
-    results: dict[str, dict] = {}
-    prompts: dict[str, str] = {}
-    ready = []
-    for sample in samples:
-        prompts[sample.id] = ""
-        try:
-            messages = task.messages(sample)
-            prompts[sample.id] = generator.render(messages)
-            images = [_open_image(path) for path in image_paths(messages, sample)]
-        except Exception as err:  # one unreadable image is that sample's error
-            results[sample.id] = {"error": f"image: {_one_line(err)}"}
-        else:
-            ready.append((sample, images))
-    if ready:
-        t0 = time.perf_counter()
-        try:
-            answers = generator.generate(
-                [prompts[s.id] for s, _ in ready], [im for _, im in ready], max_new_tokens
-            )
-            latency = (time.perf_counter() - t0) / len(ready)
-            for (sample, _), answer in zip(ready, answers, strict=True):
-                results[sample.id] = _answer(answer, latency, len(ready))
-        except Exception as err:
-            if is_out_of_memory(err) and len(ready) > 1:
-                _release_memory(generator)
-                raise OutOfMemory(str(err)) from err
-            for sample, image in ready:
-                results[sample.id] = _generate_one(generator, prompts[sample.id], image, max_new_tokens)
-    return _records(task, samples, prompts, results)
-
-
-def _answer(answer, latency: float, batch: int) -> dict:
-    return {
-        "output": answer.text,
-        "n_tokens": answer.n_tokens,
-        "stop": answer.stop,
-        "latency_s": latency,
-        "batch_size": batch,
-    }
-
-
-def _generate_one(generator, prompt: str, image, max_new_tokens: int) -> dict:
-    t0 = time.perf_counter()
-    try:
-        answer = generator.generate([prompt], [image], max_new_tokens)[0]
-    except Exception as err:
-        if is_out_of_memory(err):
-            _release_memory(generator)
-        return {"error": f"generation: {_one_line(err)}", "batch_size": 1}
-    return _answer(answer, time.perf_counter() - t0, 1)
-
-
-def _release_memory(generator) -> None:
-    release = getattr(generator, "release_memory", None)
-    if release is not None:
-        release()
-
-
-def image_paths(messages: list[dict], sample: Sample) -> list[str]:
-    """The images a conversation shows, in order (few-shot examples first, the sample's last)."""
-    parts = [
-        p
-        for m in messages
-        if isinstance(m["content"], list)
-        for p in m["content"]
-        if p.get("type") == "image"
-    ]
-    return [p.get("path") or sample.image for p in parts]
-
-
-def _open_image(path: str):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")  # decodes now, inside the sample's try
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _records(
-    task: Task, samples: list[Sample], prompts: dict[str, str], results: dict[str, dict]
-) -> list[Record]:
-    """Parse and score a batch in one call. An errored sample is scored as an empty answer: it counts
-    as a miss, not as a hole in the data."""
-    parsed = []
-    for sample in samples:
-        result = results[sample.id]
-        try:
-            parsed.append(task.parse(result["output"]) if "output" in result else {})
-        except Exception as err:  # a parser bug on one answer is that sample's error
-            result.setdefault("error", f"parsing: {_one_line(err)}")
-            parsed.append({})
-    try:
-        scores = task.score([s.truth for s in samples], parsed)
-    except Exception as err:  # a scorer bug costs this batch's scores, recorded on each sample
-        scores = [{} for _ in samples]
-        for sample in samples:
-            results[sample.id].setdefault("error", f"scoring: {_one_line(err)}")
-    return [
-        Record(
-            id=s.id, image=s.image, prompt=prompts[s.id], truth=s.truth, parsed=p, scores=sc, **results[s.id]
-        )
-        for s, p, sc in zip(samples, parsed, scores, strict=True)
-    ]
 
 
 def rescore(task: Task, store: RunStore, data: TaskData, old: RunMetrics) -> RunMetrics:
@@ -416,25 +252,13 @@ def print_metrics(metrics: RunMetrics, console: Console | None = None) -> None:
         f"n={metrics.n}  errors={metrics.n_errors}  not fully parsed={metrics.n_parse_failures}  "
         f"truncated={metrics.n_truncated}  excluded before the run={metrics.n_excluded}"
     )
+    if metrics.n_truncated:
+        console.print(
+            f"[yellow]{metrics.n_truncated} answers were cut at max_new_tokens: they score as written "
+            "(see `stop` in predictions.jsonl); raise --max-new-tokens if the model was still answering[/yellow]"
+        )
     if metrics.status != "complete":
         console.print(f"[bold red]INCOMPLETE:[/bold red] {metrics.reason}")
-
-
-class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} samples/s" if speed else "- samples/s", style="cyan")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
 
 
 def library_versions() -> dict[str, str]:

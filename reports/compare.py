@@ -1,6 +1,6 @@
 """Reading run directories and comparing two runs sample by sample.
 
-Only ``harness.schema`` and the run store's reader are imported from the project: a report can be
+Only ``harness.core.schema`` and the run store's reader are imported from the project: a report can be
 made without torch.
 
 Every metric's meaning (label, direction, binary or not, how a missing value counts) is read from
@@ -8,7 +8,7 @@ the run's own metric specs (written by its task): nothing here names a metric.
 
 Statistics (all paired by sample id, difference = B - A):
 
-- 95 % CI: paired bootstrap (harness.stats, the same one that made metrics.json).
+- 95 % CI: paired bootstrap (harness.core.stats, the same one that made metrics.json).
 - p-value: exact McNemar (binomial test on the discordant pairs) for 0/1 metrics, Wilcoxon
   signed-rank for continuous ones.
 - Missing values: a metric whose spec says ``fill_missing`` counts a missing value as 0 (a failure
@@ -19,7 +19,6 @@ Statistics (all paired by sample id, difference = B - A):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,82 +26,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.errors import HarnessError
-from harness.schema import PREDICTIONS_FILE, FieldInfo, MetricSpec, Record, RunConfig, RunMetrics
-from harness.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
-from harness.store import latest, load_run
+from harness.core.errors import HarnessError
+from harness.core.schema import MetricSpec
+from harness.core.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
+from harness.core.store import Run, read_run, why_incomplete
 
-__all__ = ["N_BOOT", "SEED", "bootstrap_means"]
-
-
-@dataclass
-class Run:
-    """One run directory as read from disk."""
-
-    path: Path
-    config: RunConfig
-    records: list[Record]
-    metrics: RunMetrics | None = None
-    torn_last_line: bool = False
-    duplicates: int = 0
-
-    @property
-    def ids(self) -> set[str]:
-        return {r.id for r in self.records}
-
-    @property
-    def label(self) -> str:
-        return self.config.model.name
-
-    @property
-    def specs(self) -> dict[str, MetricSpec]:
-        """The run's metric specs (from config.json, or metrics.json for a run written before them)."""
-        specs = self.config.metric_specs or (self.metrics.metric_specs if self.metrics else [])
-        return {s.name: s for s in specs}
-
-    @property
-    def fields(self) -> list[FieldInfo]:
-        return self.config.fields
-
-    @property
-    def complete(self) -> bool:
-        return self.metrics is not None and self.metrics.status == "complete"
-
-
-def read_run(path: str | Path) -> Run:
-    """A run directory through the run store's own reader (the one the runner resumes with).
-
-    A torn last line of predictions.jsonl (a crash mid-append) is dropped and flagged; a bad line
-    elsewhere is corruption and raises. When a sample id repeats (an errored sample retried on
-    resume), its last record counts, as in the run's metrics.json.
-    """
-    path = Path(path)
-    config, records, metrics = load_run(path)
-    pred_file = path / PREDICTIONS_FILE
-    if not pred_file.is_file():
-        raise HarnessError(f"{pred_file}: missing (the run wrote no predictions)")
-    by_id = latest(records)
-    return Run(
-        path, config, list(by_id.values()), metrics, _ends_mid_line(pred_file), len(records) - len(by_id)
-    )
-
-
-def why_incomplete(run: Run) -> str | None:
-    """Why a run's numbers are not final, or None when it finished complete."""
-    if run.metrics is None:
-        return "unfinished (no metrics.json): re-run it to complete"
-    if run.metrics.status != "complete":
-        return f"incomplete: {run.metrics.reason}"
-    return None
-
-
-def _ends_mid_line(file: Path) -> bool:
-    """The writer died mid-append: the file does not end with a newline."""
-    with open(file, "rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return False
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
+__all__ = ["N_BOOT", "SEED", "Run", "bootstrap_means", "read_run", "why_incomplete"]
 
 
 def why_not_comparable(a: Run, b: Run) -> str | None:
@@ -179,9 +108,22 @@ class Comparison:
     n_boot: int = N_BOOT
     seed: int = SEED
     left_out: dict[str, str] = field(default_factory=dict)  # metric -> why it is not compared
+    alpha: float = 0.05
 
     def by_name(self) -> dict[str, MetricComparison]:
         return {m.metric: m for m in self.metrics}
+
+    def to_markdown(self, out: str | Path | None = None) -> Path:
+        """Write the report (markdown, plots, thumbnails); default runs/reports/A-vs-B.md."""
+        from reports.report import write_comparison
+
+        return write_comparison(self, Path(out) if out else None).markdown
+
+    def to_wandb(self, out: str | Path | None = None) -> Path:
+        """Write the report and log it as a W&B run (offline without an API key); its files directory."""
+        from reports.report import write_comparison
+
+        return write_comparison(self, Path(out) if out else None, wandb=True).wandb_dir
 
     @property
     def specs(self) -> dict[str, MetricSpec]:
@@ -225,7 +167,7 @@ def compare_runs(
     diffs = np.column_stack([paired[f"{m}_b"] - paired[f"{m}_a"] for m in names]) if names else None
     boot = bootstrap_means(diffs, n_boot=n_boot, seed=seed) if names else None
     lows, highs = percentile_ci(boot) if names else (None, None)
-    result = Comparison(a, b, paired, n_boot=n_boot, seed=seed, left_out=left_out)
+    result = Comparison(a, b, paired, n_boot=n_boot, seed=seed, left_out=left_out, alpha=alpha)
     for j, name in enumerate(names):
         spec = a.specs[name]
         col_a, col_b = paired[f"{name}_a"].to_numpy(), paired[f"{name}_b"].to_numpy()

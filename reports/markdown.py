@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from harness.schema import FieldInfo, MetricSpec
-from harness.store import write_atomic
+from harness.core.schema import FieldInfo, MetricSpec
+from harness.core.store import write_atomic
 from reports.compare import N_BOOT, SEED, Comparison, MetricSummary, Run
 
 THUMB_PX = 128

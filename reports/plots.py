@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from harness.schema import FieldInfo  # noqa: E402
-from harness.store import write_atomic  # noqa: E402
+from harness.core.schema import FieldInfo  # noqa: E402
+from harness.core.store import write_atomic  # noqa: E402
 from reports.compare import Run  # noqa: E402
 
 

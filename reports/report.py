@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.schema import CONFIG_FILE
-from harness.store import write_atomic
+from harness.core.errors import HarnessError
+from harness.core.schema import CONFIG_FILE
+from harness.core.store import write_atomic
 from reports.compare import (
     N_BOOT,
     SEED,
@@ -38,6 +38,8 @@ class ReportResult:
 
 
 Candidates = str | Path | list[Path]  # a run directory, or a model's run directories newest first
+# Reports go to the run store's side, never into the source package `reports/`.
+DEFAULT_DIR = Path("runs") / "reports"
 
 
 def make_report(
@@ -62,24 +64,32 @@ def make_report(
     if fail_if_worse and b is None:
         raise HarnessError("--fail-if-worse needs two runs (A and B) to compare")
     if b is None:
-        run_a = _usable(_read_all(a), allow_incomplete)[0]
+        run_a = usable(_read_all(a), allow_incomplete)[0]
         return _single(run_a, out, wandb, n_boot, seed)
     run_a, run_b = resolve_pair(
-        _usable(_read_all(a), allow_incomplete), _usable(_read_all(b), allow_incomplete)
+        usable(_read_all(a), allow_incomplete), usable(_read_all(b), allow_incomplete)
     )
     cmp = compare_runs(run_a, run_b, alpha=alpha, n_boot=n_boot, seed=seed)
     unknown = [m for m in fail_if_worse if m not in cmp.specs]
     if unknown:
         raise HarnessError(f"--fail-if-worse: unknown metric {unknown[0]!r}; valid: {', '.join(cmp.specs)}")
-    out = Path(out) if out else Path("reports") / f"{_slug(run_a)}-vs-{_slug(run_b)}.md"
+    result = write_comparison(cmp, out, wandb=wandb)
+    by_name = cmp.by_name()
+    result.worse = {m: bool(m in by_name and by_name[m].worse) for m in fail_if_worse}
+    result.exit_code = int(any(result.worse.values()))
+    return result
+
+
+def write_comparison(cmp: Comparison, out: Path | None = None, *, wandb: bool = False) -> ReportResult:
+    """The markdown (and plots, thumbnails, optionally a W&B run) of a comparison."""
+    run_a, run_b = cmp.a, cmp.b
+    out = Path(out) if out else DEFAULT_DIR / f"{_slug(run_a)}-vs-{_slug(run_b)}.md"
     assets = _assets(out)
     runs = {"A": run_a, "B": run_b}
     per_label = per_group(runs)
     plots = make_plots(runs, per_label, assets)
     rel = [f"{assets.name}/{p.name}" for p in plots]
-    _write(out, render_comparison(cmp, per_label, rel, assets, alpha=alpha))
-    by_name = cmp.by_name()
-    worse = {m: bool(m in by_name and by_name[m].worse) for m in fail_if_worse}
+    _write(out, render_comparison(cmp, per_label, rel, assets, alpha=cmp.alpha))
     wandb_dir = None
     if wandb:
         from reports.wandb_log import log_report
@@ -87,11 +97,11 @@ def make_report(
         wandb_dir = log_report(
             runs, comparison=cmp, summary=None, per_group=per_label, plots=plots, markdown=out
         )
-    return ReportResult(out, int(any(worse.values())), worse, plots, cmp, run_a.path, run_b.path, wandb_dir)
+    return ReportResult(out, 0, {}, plots, cmp, run_a.path, run_b.path, wandb_dir)
 
 
 def _single(run: Run, out: Path | None, wandb: bool, n_boot: int, seed: int) -> ReportResult:
-    out = Path(out) if out else Path("reports") / f"{_slug(run)}.md"
+    out = Path(out) if out else DEFAULT_DIR / f"{_slug(run)}.md"
     assets = _assets(out)
     runs = {"run": run}
     per_label = per_group(runs)
@@ -136,7 +146,7 @@ def _read_all(candidates: Candidates) -> list[Run]:
     return [read_run(p) for p in paths]
 
 
-def _usable(runs: list[Run], allow_incomplete: bool) -> list[Run]:
+def usable(runs: list[Run], allow_incomplete: bool) -> list[Run]:
     """Complete runs only, unless allowed: an unfinished or incomplete run's numbers are not final."""
     if allow_incomplete:
         return runs

@@ -63,7 +63,7 @@ def get_task(name: str = DEFAULT_TASK, *, prompt: str = "default"):
 
 def list_tasks() -> list[tuple[str, str, str]]:
     """(name, source, description) of every named task: `harness tasks`."""
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
     from tasks.config import load_config
 
     rows = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.schema import (
+from harness.core.schema import (
     DataInfo,
     Excluded,
     FieldInfo,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import HarnessError
-from harness.paths import cache_dir as default_cache_dir
-from harness.schema import (
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir as default_cache_dir
+from harness.core.schema import (
     DataInfo,
     Excluded,
     FieldInfo,
@@ -32,7 +32,7 @@ from harness.schema import (
     Sample,
     Truth,
 )
-from harness.stats import mean_ci
+from harness.core.stats import mean_ci
 from tasks import sources, synthetic
 from tasks.base import TaskData
 from tasks.config import PROMPTS, SCORERS, FieldConfig, TaskConfig, placeholders
@@ -246,7 +246,7 @@ class CatalogTask:
         return [{spec.name: columns[spec.name][i] for spec in self._specs} for i in range(len(truths))]
 
     def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
-        """Means with 95 % bootstrap CIs (harness.stats, the reports' own), and per-label means for
+        """Means with 95 % bootstrap CIs (harness.core.stats, the reports' own), and per-label means for
         every label field."""
         columns = [score_values(records, spec) for spec in self._specs]
         metrics = {

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 KINDS = ("text", "label", "number", "price")
 # Scorers each kind may use (all of them when a field names none).

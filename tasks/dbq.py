@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from tasks.config import TaskConfig, load_config
 
 PREFIX = "dbq:"

@@ -21,8 +21,8 @@ from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
-from harness.errors import HarnessError
-from harness.store import write_atomic
+from harness.core.errors import HarnessError
+from harness.core.store import write_atomic
 
 # Download knobs (module-level so tests can shrink them).
 WORKERS = 8

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from harness.paths import cache_dir as default_cache_dir
+from harness.core.paths import cache_dir as default_cache_dir
 
 SIZE = 128
 METADATA = "metadata.jsonl"

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.errors import HarnessError
-from harness.store import load_run
+from harness.core.errors import HarnessError
+from harness.core.store import load_run
 from tasks import get_task, list_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_the_shop_toml_is_short():
 
 def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch):
     from harness.runner import run_eval
-    from harness.train import train_cmd_impl
+    from harness.training import run_training
     from reports.report import make_report
 
     monkeypatch.chdir(tmp_path)
@@ -86,7 +86,9 @@ def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch
         "parsed",
     } <= set(metrics.metrics)
     assert set(metrics.per_group) == {"type", "colour"} and config.data.units == {"price": "EUR"}
-    tuned = train_cmd_impl(model="tiny", task=str(toml), max_steps=2, n_eval=2, output_dir=tmp_path / "out")
+    tuned = run_training(
+        model="tiny", task=str(toml), max_steps=2, n_eval=2, output_dir=tmp_path / "out"
+    ).output_dir
     tuned_run = run_eval(model=str(tuned), **kw)
     result = make_report(base, tuned_run, out=tmp_path / "report.md", n_boot=300)
     md = result.markdown.read_text()

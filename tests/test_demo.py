@@ -20,6 +20,8 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
 
     runs = {}
     for run in (tmp_path / "runs").iterdir():
+        if run.name == "reports":  # the report lands beside the runs, never in the source package
+            continue
         config = json.loads((run / "config.json").read_text())
         assert config["data"]["synthetic"] is True
         runs["tuned" if config["model"]["adapter"] else "base"] = run
@@ -32,7 +34,7 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
     comparison = compare_runs(read_run(runs["base"]), read_run(runs["tuned"])).by_name()
     assert comparison["parsed"].better and not comparison["parsed"].worse
     # ...and the report exists and links plots that are real PNGs.
-    report = tmp_path / "reports" / "demo.md"
+    report = tmp_path / "runs" / "reports" / "demo.md"
     text = report.read_text()
     pngs = re.findall(r"\(([^)]+\.png)\)", text)
     assert pngs

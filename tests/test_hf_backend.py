@@ -11,9 +11,9 @@ from PIL import Image
 from backends import get_backend
 from backends.hf import load_generator, load_model_and_processor
 from backends.tiny import MARKER, build_tiny
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.schema import ModelInfo
 from harness.models import resolve
-from harness.schema import ModelInfo
 
 CORPUS = [f"Check Scarf {i} Accessories ${i * 10}.00" for i in range(200)] + ["0123456789 .,$:"]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir
+from harness.core.schema import TRAIN_MANIFEST_FILE, DataInfo, TrainManifest
 from harness.models import PHI3_VISION_REVISION, list_models, resolve
-from harness.paths import cache_dir
-from harness.schema import TRAIN_MANIFEST_FILE, DataInfo, TrainManifest
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Fake run directories for the report tests, written straight through harness.schema (no runner)."""
+"""Fake run directories for the report tests, written straight through harness.core.schema (no runner)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.schema import (
+from harness.core.schema import (
     CONFIG_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 from test_report_fakes import record, write_run
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.stats import bootstrap_means
 from harness.models import find_runs
-from harness.stats import bootstrap_means
 from reports.compare import compare_runs, read_run
 from reports.report import make_report
 
@@ -183,7 +183,7 @@ def test_only_metrics_both_runs_scored_are_compared(tmp_path):
 
 def test_single_run_report_cis_equal_metrics_json(tmp_path):
     """One bootstrap: the report's CIs of a run are exactly its metrics.json's."""
-    from harness.schema import METRICS_FILE, RunMetrics
+    from harness.core.schema import METRICS_FILE, RunMetrics
     from reports.compare import summarize_run
     from tasks import get_task
 

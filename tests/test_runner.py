@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 import backends.hf
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.schema import DataInfo, FieldInfo, MetricSpec, MetricValue, Record, Sample
+from harness.core.store import load_run
 from harness.models import resolve
 from harness.runner import run_eval
-from harness.schema import DataInfo, FieldInfo, MetricSpec, MetricValue, Record, Sample
-from harness.store import load_run
 from tasks.base import TaskData
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from test_runner import FakeTask  # tests/ is on sys.path
 
+from harness.core.store import load_run
 from harness.models import resolve
 from harness.runner import run_eval
-from harness.store import load_run
 
 TESTS = Path(__file__).resolve().parent
 

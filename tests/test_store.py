@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.schema import (
+from harness.core.errors import HarnessError
+from harness.core.schema import (
     DataInfo,
     GenerationInfo,
     MetricValue,
@@ -16,7 +16,7 @@ from harness.schema import (
     RunConfig,
     RunMetrics,
 )
-from harness.store import RunStore, load_run, read_records, run_key, write_atomic
+from harness.core.store import RunStore, load_run, read_records, run_key, write_atomic
 
 
 def config(**changes) -> RunConfig:

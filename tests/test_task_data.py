@@ -15,7 +15,7 @@ import pytest
 from conftest import make_task
 from PIL import Image
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from tasks import sources
 from tasks.catalog import SPLITS, assert_no_leakage, split_of
 from tasks.text import normalise

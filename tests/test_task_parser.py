@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from harness.schema import Sample
+from harness.core.schema import Sample
 from tasks import get_task
 
 TASK = get_task("burberry")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.schema import Record
+from harness.core.schema import Record
 from tasks import get_task
 
 PINNED = Path(__file__).parent / "fixtures" / "burberry_synthetic_pinned.json"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from harness.schema import Record
-from harness.stats import mean_ci
+from harness.core.schema import Record
+from harness.core.stats import mean_ci
 from tasks import get_task
 
 TASK = get_task("burberry")

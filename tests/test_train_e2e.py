@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.errors import HarnessError
-from harness.schema import TRAIN_MANIFEST_FILE, RunMetrics, TrainManifest
+from harness.core.errors import HarnessError
+from harness.core.schema import TRAIN_MANIFEST_FILE, RunMetrics, TrainManifest
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(workdir):
     import backends.trl
-    import harness.train
+    import harness.training
 
     seen: dict[str, list[str]] = {}
     real_train = backends.trl.train
@@ -40,9 +40,9 @@ def trained(workdir):
 
     backends.trl.train = spy
     try:
-        out = harness.train.train_cmd_impl(
+        out = harness.training.run_training(
             model="tiny", task="burberry", data="synthetic", epochs=6, n_eval=16
-        )
+        ).output_dir
     finally:
         backends.trl.train = real_train
     return out, seen
@@ -125,13 +125,13 @@ def test_the_split_never_depends_on_the_training_seed_and_adapters_refuse_what_t
     """`harness train --seed 3` trains on exactly the task's train split; evaluating the adapter on
     samples or product groups it trained or validated on is refused in one line."""
     from harness.runner import run_eval
-    from harness.train import train_cmd_impl
+    from harness.training import run_training
     from tasks import get_task
 
-    out = train_cmd_impl(
+    out = run_training(
         model="tiny", task="burberry", data="synthetic", max_steps=1, seed=3, n_eval=2,
         output_dir=workdir / "outputs" / "seed3",
-    )  # fmt: skip
+    ).output_dir  # fmt: skip
     manifest = TrainManifest.model_validate_json((out / TRAIN_MANIFEST_FILE).read_text())
     task = get_task("burberry")
     train, test = task.load("synthetic", "train"), task.load("synthetic", "test")
@@ -145,17 +145,17 @@ def test_the_split_never_depends_on_the_training_seed_and_adapters_refuse_what_t
 
 def test_a_finished_adapter_is_never_silently_replaced_or_its_old_results_reused(workdir):
     from harness.runner import run_eval
-    from harness.train import train_cmd_impl
+    from harness.training import run_training
 
     out = workdir / "outputs" / "retrain"
     kw = dict(model="tiny", task="burberry", data="synthetic", n_eval=2, output_dir=out)
-    train_cmd_impl(max_steps=1, **kw)
+    run_training(max_steps=1, **kw)
     evaluate = dict(
         task="burberry", model=str(out), data="synthetic", split="test", limit=4, max_new_tokens=8
     )
     first = run_eval(**evaluate)
     with pytest.raises(HarnessError, match="already holds a finished adapter; --resume .* --overwrite"):
-        train_cmd_impl(max_steps=1, **kw)
-    train_cmd_impl(max_steps=3, overwrite=True, **kw)
+        run_training(max_steps=1, **kw)
+    run_training(max_steps=3, overwrite=True, **kw)
     second = run_eval(**evaluate)
     assert second != first and (second / "metrics.json").is_file()  # a new run, not "already finished"

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
-from backends.hf import load_model_and_processor
-from backends.trl import Example, TrainParams, VisionSFTCollator, _StopAfter, image_token_ids, train
-from harness.errors import HarnessError
+from backends.hf import HFGenerator, load_model_and_processor
+from backends.trl import Example, TrainParams, VisionSFTCollator, image_token_ids, train
+from harness.core.errors import HarnessError
+from harness.core.schema import Sample
 from harness.models import resolve
-from harness.schema import Sample
-from harness.train import _newest_unfinished, check_no_leak
+from harness.training import _newest_unfinished, check_no_leak
 
 MESSAGES = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
@@ -61,16 +63,36 @@ def small_params(**kw) -> TrainParams:
         logging_steps=1,
         eval_every=0,
         n_eval=4,
-        max_new_tokens=16,
     )
     return TrainParams(**{**base, **kw})
 
 
-def category_hits(ids: list[str], outputs: list[str]) -> dict[str, float]:
-    """A task-free judge: the example's category (every third id shares one) appears in the answer."""
+def category_judge(processor, examples: list[Example]):
+    """A task-free ``evaluate(model)``: the example's category (every third id shares one) appears in
+    the answer the model generates now."""
     categories = list(COLOURS)
-    hits = [categories[int(i) % 3] in out for i, out in zip(ids, outputs, strict=True)]
-    return {"category_exact": sum(hits) / max(len(hits), 1)}
+
+    def evaluate(model):
+        gen = HFGenerator(model, processor, "cpu")
+        images = [[Image.open(e.image).convert("RGB")] for e in examples]
+        outputs = [a.text for a in gen.generate([gen.render(e.messages) for e in examples], images, 16)]
+        hits = [categories[int(e.id) % 3] in out for e, out in zip(examples, outputs, strict=True)]
+        rows = [(e.id, e.image, e.target, out) for e, out in zip(examples, outputs, strict=True)]
+        return {"category_exact": sum(hits) / max(len(hits), 1)}, rows
+
+    return evaluate
+
+
+class StopAfter(TrainerCallback):
+    """Stops training cleanly after a given step: an interruption, as a test can make one."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
 
 
 def test_the_image_changes_the_loss(examples):
@@ -101,9 +123,9 @@ def test_interrupted_run_resumes_to_the_same_end(examples, tmp_path):
         examples,
         [],
         output_dir=tmp_path / "a",
-        metrics_fn=category_hits,
+        evaluate=category_judge(processor, examples[:4]),
         params=params,
-        callbacks=[_StopAfter(2)],
+        callbacks=[StopAfter(2)],
     )
     assert stopped.steps == 2 and (tmp_path / "a" / "checkpoint-2").is_dir()
     model, processor = fresh_tiny()
@@ -113,14 +135,20 @@ def test_interrupted_run_resumes_to_the_same_end(examples, tmp_path):
         examples,
         [],
         output_dir=tmp_path / "a",
-        metrics_fn=category_hits,
+        evaluate=category_judge(processor, examples[:4]),
         params=params,
         resume=True,
     )
     assert resumed.steps == 4
     model, processor = fresh_tiny()
     straight = train(
-        model, processor, examples, [], output_dir=tmp_path / "b", metrics_fn=category_hits, params=params
+        model,
+        processor,
+        examples,
+        [],
+        output_dir=tmp_path / "b",
+        evaluate=category_judge(processor, examples[:4]),
+        params=params,
     )
     assert straight.steps == 4
     a, b = adapter_weights(tmp_path / "a"), adapter_weights(tmp_path / "b")
@@ -138,7 +166,7 @@ def test_resume_without_checkpoint_is_a_clear_error(examples, tmp_path):
             examples,
             [],
             output_dir=tmp_path,
-            metrics_fn=category_hits,
+            evaluate=category_judge(processor, examples[:4]),
             params=small_params(max_steps=1),
             resume=True,
         )
@@ -168,6 +196,25 @@ def read_wandb_records(path: Path):
     return records
 
 
+def _wandb_contents(run_file: Path):
+    """(history keys, config keys, logged tables) of an offline run file, as far as it is written."""
+    history, config, tables = set(), set(), []
+    try:
+        records = read_wandb_records(run_file)
+    except (AssertionError, ValueError):  # not written yet
+        return history, config, tables
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind in ("config", "run"):  # wandb.init's config rides on the run record
+            update = record.config.update if kind == "config" else record.run.config.update
+            config |= {item.key for item in update}
+        elif kind == "artifact" and record.artifact.type == "run_table":  # a logged table and its media
+            tables.append([c.path for c in record.artifact.manifest.contents])
+    return history, config, tables
+
+
 def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -178,7 +225,7 @@ def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monk
         examples,
         examples[:4],
         output_dir=tmp_path / "run",
-        metrics_fn=category_hits,
+        evaluate=category_judge(processor, examples[:4]),
         params=small_params(max_steps=2, eval_every=1),
         report_to="wandb",
         run_config={"task": "demo"},
@@ -188,16 +235,11 @@ def test_wandb_offline_run_has_config_metrics_and_table(examples, tmp_path, monk
     assert os.environ["WANDB_MODE"] == "offline"  # no key and no mode: offline, to sync later
     assert result.wandb_dir and set(result.metrics) == {"category_exact"}
     (run_file,) = Path(result.wandb_dir).glob("run-*.wandb")
-    history, config, tables = set(), set(), []
-    for record in read_wandb_records(run_file):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-        elif kind in ("config", "run"):  # wandb.init's config rides on the run record
-            update = record.config.update if kind == "config" else record.run.config.update
-            config |= {item.key for item in update}
-        elif kind == "artifact" and record.artifact.type == "run_table":  # a logged table and its media
-            tables.append([c.path for c in record.artifact.manifest.contents])
+    for _ in range(40):  # wandb's service process may still be flushing the file after finish()
+        history, config, tables = _wandb_contents(run_file)
+        if config and history and tables:
+            break
+        time.sleep(0.25)
     assert {"harness", "params", "learning_rate", "peft_config"} <= config, sorted(
         config
     )  # ours, Trainer's, peft's

@@ -10,10 +10,10 @@ import pytest
 from test_runner import FakeTask, outputs, run
 
 import backends.hf
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.core.schema import ModelInfo
+from harness.core.store import RunStore, load_run
 from harness.models import content_hash, hub_commit, pin, resolve
-from harness.schema import ModelInfo
-from harness.store import RunStore, load_run
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +153,10 @@ def test_out_of_memory_halves_the_batch_and_says_so_once(tmp_path, tiny, monkeyp
     assert sizes[:3] == [8, 4, 2] and 1 not in sizes  # halved, never one-by-one
     assert metrics.batch_size == 2 and {r.batch_size for r in records} == {2}
     assert metrics.n_errors == 0 and metrics.status == "complete"
-    said = capsys.readouterr().out
-    assert said.count("out of memory at batch") == 2  # 8 -> 4, 4 -> 2: each halving said once
+    said = capsys.readouterr()
+    assert (said.out + said.err).count(
+        "out of memory at batch"
+    ) == 2  # 8 -> 4, 4 -> 2: each halving said once
 
 
 # ------------------------------------------------------------------ stale reuse (item 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .configuration import Phi3VConfig
 from .modeling import Phi3VForCausalLM
-from .processing import Phi3VProcessor
+from .processing import Phi3VProcessor, set_generation_tokens
 from .tiny import build_tiny_phi3v
 
 __all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VProcessor", "build_tiny_phi3v", "is_phi3v_dir", "load"]
@@ -22,24 +22,17 @@ def is_phi3v_dir(path) -> bool:
         return False
 
 
-def load(
-    path, *, dtype="auto", device="cpu", num_crops: int | None = None, attn_implementation: str = "sdpa"
-):
-    """(model, processor) from a phi3_v directory, eval mode, stopping at <|end|>/<|endoftext|>."""
-    import torch
-
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    model, info = Phi3VForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
-    )
+def load(path, *, device: str = "cpu", num_crops: int | None = None, **from_pretrained):
+    """(model, processor) from a phi3_v directory, eval mode, on ``device``, with the family's stop
+    tokens set. ``from_pretrained`` takes the one loader's options (dtype, attention, quantisation).
+    """
+    from_pretrained.setdefault("device_map", {"": device})
+    model, info = Phi3VForCausalLM.from_pretrained(path, output_loading_info=True, **from_pretrained)
     bad = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
     if bad:
         raise ValueError(f"{path}: checkpoint does not match Phi3VForCausalLM: {bad}")
-    model = model.to(device).eval()
-    model.generation_config.eos_token_id = list(Phi3VProcessor.stop_token_ids)
-    model.generation_config.pad_token_id = 32000
-    return model, Phi3VProcessor.from_pretrained(path, num_crops=num_crops)
+    set_generation_tokens(model)
+    return model.eval(), Phi3VProcessor.from_pretrained(path, num_crops=num_crops)
 
 
 def _register() -> None:

@@ -20,6 +20,9 @@ ASSETS = Path(__file__).parent / "assets"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
+# The family's stop tokens, in one place: the chat turn end <|end|> and the document end <|endoftext|>.
+STOP_TOKEN_IDS = (32007, 32000)
+PAD_TOKEN_ID = 32000
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # The official template, extended so a message's content may be a list of image/text parts; string
@@ -64,8 +67,7 @@ def hd_transform(image: Image.Image, num_crops: int, crop_size: int) -> Image.Im
 class Phi3VProcessor:
     """`processor(text, images)` -> input_ids (image slots negative), attention_mask, pixel_values, image_sizes."""
 
-    # Generation must stop at either: the chat turn end and the document end.
-    stop_token_ids = (32007, 32000)
+    stop_token_ids = STOP_TOKEN_IDS
 
     def __init__(
         self,
@@ -219,3 +221,9 @@ class Phi3VProcessor:
         if num_crops is not None:
             kwargs["num_crops"] = num_crops
         return cls(tokenizer, **{**kwargs, **overrides})
+
+
+def set_generation_tokens(model) -> None:
+    """Greedy generation of a Phi-3-Vision model stops at the family's stop tokens and pads with <|endoftext|>."""
+    model.generation_config.eos_token_id = list(STOP_TOKEN_IDS)
+    model.generation_config.pad_token_id = PAD_TOKEN_ID

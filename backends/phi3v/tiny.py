@@ -84,9 +84,11 @@ def build_tiny_phi3v(path: Path) -> Path:
         return path
     import torch
 
+    from backends.tiny import write_recipe
+
     from .configuration import Phi3VConfig
     from .modeling import Phi3VForCausalLM
-    from .processing import Phi3VProcessor
+    from .processing import Phi3VProcessor, set_generation_tokens
 
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,8 +97,7 @@ def build_tiny_phi3v(path: Path) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         model = Phi3VForCausalLM(config).eval()
-    model.generation_config.eos_token_id = list(Phi3VProcessor.stop_token_ids)
-    model.generation_config.pad_token_id = 32000
+    set_generation_tokens(model)
     model.generation_config.bos_token_id = 1
     model.save_pretrained(tmp)
     processor = Phi3VProcessor.from_pretrained(
@@ -105,6 +106,7 @@ def build_tiny_phi3v(path: Path) -> Path:
         crop_size=config.vision_config.image_size,
     )
     processor.save_pretrained(tmp)
+    write_recipe(tmp)  # the tiny models' training recipe (backends/tiny.py)
     (tmp / MARKER).write_text("ok\n")
     shutil.rmtree(path, ignore_errors=True)
     try:

@@ -13,11 +13,14 @@ import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError
-from harness.schema import TRAIN_MANIFEST_FILE, ModelInfo, Record, Sample, TrainManifest
-from harness.store import write_atomic
+from harness.core.errors import HarnessError
+from harness.core.schema import TRAIN_MANIFEST_FILE, Sample, TrainManifest
+from harness.core.store import write_atomic
+
+if TYPE_CHECKING:
+    from backends.trl import TrainResult
 
 
 def check_no_leak(train: list[Sample], validation: list[Sample], test: list[Sample]) -> None:
@@ -63,22 +66,25 @@ def check_adapter_never_saw(adapter_dir: Path, task: str, data) -> None:
         )
 
 
-def metrics_fn_for(task, samples: list[Sample]):
-    """Judge generated answers exactly as `harness run` does: the task's parser, scorers and aggregate."""
-    by_id = {s.id: s for s in samples}
+def evaluator(task, samples: list[Sample], processor, device: str, batch_size: int, max_new_tokens: int):
+    """``evaluate(model)`` for the training callback: the validation slice through the one generation
+    loop of `harness run` (harness/generation.py), judged by the task's own parser, scorers and
+    aggregate, so a number seen during training means what it means in a run."""
+    from backends.hf import HFGenerator
+    from harness.generation import generate_records
 
-    def metrics(ids: list[str], outputs: list[str]) -> dict[str, float]:
-        samples = [by_id[sid] for sid in ids]
-        parsed = [task.parse(text) for text in outputs]
-        scores = task.score([s.truth for s in samples], parsed)
-        records = [
-            Record(id=s.id, image=s.image, prompt="", output=text, parsed=p, truth=s.truth, scores=sc)
-            for s, text, p, sc in zip(samples, outputs, parsed, scores, strict=True)
-        ]
+    def evaluate(model):
+        generator = HFGenerator(model, processor, device)
+        records, _ = generate_records(
+            task, generator, samples, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
         aggregates, _ = task.aggregate(records)
-        return {k: v.value for k, v in aggregates.items() if v.value is not None}
+        metrics = {k: v.value for k, v in aggregates.items() if v.value is not None}
+        by_id = {s.id: s for s in samples}
+        rows = [(r.id, r.image, task.target(by_id[r.id]), r.output or r.error or "") for r in records]
+        return metrics, rows
 
-    return metrics
+    return evaluate
 
 
 def _examples(task, samples: list[Sample]):
@@ -87,41 +93,6 @@ def _examples(task, samples: list[Sample]):
     return [
         Example(id=s.id, messages=task.messages(s), target=task.target(s), image=s.image) for s in samples
     ]
-
-
-def _load(info: ModelInfo, device: str | None, qlora: bool):
-    from backends.hf import load_model_and_processor, pick_device
-
-    device = pick_device(device)
-    if not qlora:
-        return load_model_and_processor(info, device, load_adapter=False)
-    from backends.trl import check_qlora
-
-    check_qlora(device)
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    if info.family == "phi3v":
-        from backends.phi3v.modeling import Phi3VForCausalLM
-        from backends.phi3v.processing import Phi3VProcessor
-
-        processor = Phi3VProcessor.from_pretrained(info.path, num_crops=info.num_crops)
-        model_cls = Phi3VForCausalLM
-    else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(info.path, revision=info.revision)
-        model_cls = AutoModelForImageTextToText
-    model = model_cls.from_pretrained(
-        info.path, revision=info.revision, quantization_config=bnb, device_map={"": device}
-    )
-    return model, processor, device
 
 
 def _newest_unfinished(root: Path, stem: str) -> Path | None:
@@ -140,7 +111,7 @@ def _newest_unfinished(root: Path, stem: str) -> Path | None:
     return runs[-1] if runs else None
 
 
-def train_cmd_impl(
+def run_training(
     model: str = "base",
     task: str | None = None,
     data: str | None = None,
@@ -162,9 +133,11 @@ def train_cmd_impl(
     device: str | None = None,
     save_steps: int | None = None,
     revision: str | None = None,
-) -> Path:
-    """Train ``model`` on ``task``'s train split; return the output directory (adapter + manifest)."""
-    from backends.trl import default_params, train
+    quiet: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``task``'s train split; the result's ``output_dir`` holds adapter + manifest."""
+    from backends.hf import load_model_and_processor
+    from backends.trl import default_params, read_recipe, train
     from harness.models import canonical, load_settings, resolve, train_stem
     from harness.runner import budget_for
     from tasks import DEFAULT_TASK, get_task
@@ -213,8 +186,10 @@ def train_cmd_impl(
             )
         shutil.rmtree(output_dir)  # a replaced adapter must not keep the old one's checkpoints
 
-    net, processor, device = _load(info, device, qlora)
-    params = default_params(net, device)
+    net, processor, device = load_model_and_processor(
+        info, device, load_adapter=False, quantization="nf4" if qlora else None
+    )
+    params = default_params(net, device, read_recipe(info.path) if Path(info.path).is_dir() else None)
     overrides: dict[str, Any] = {
         "epochs": epochs,
         "max_steps": max_steps,
@@ -232,15 +207,14 @@ def train_cmd_impl(
     # The in-training evaluation generates with the same budget `harness run` would use.
     tokenizer = getattr(processor, "tokenizer", processor)
     targets = val_data.info.budget_targets or [the_task.target(s) for s in val_data.samples]
-    params.max_new_tokens = budget_for(
-        [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    )
+    max_new_tokens = budget_for([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets])
     if lora_r is not None:
         params.lora_alpha = 2 * lora_r  # keep the recipe's alpha / r = 2
-    print(
-        f"training {info.name} ({info.path}) on {len(train_data.samples)} {task} samples -> {output_dir}",
-        file=sys.stderr,
-    )
+    if not quiet:
+        print(
+            f"training {info.name} ({info.path}) on {len(train_data.samples)} {task} samples -> {output_dir}",
+            file=sys.stderr,
+        )
 
     result = train(
         net,
@@ -248,14 +222,21 @@ def train_cmd_impl(
         _examples(the_task, train_data.samples),
         _examples(the_task, val_data.samples),
         output_dir=output_dir,
-        metrics_fn=metrics_fn_for(the_task, val_data.samples),
+        evaluate=evaluator(
+            the_task,
+            val_data.samples[: params.n_eval],
+            processor,
+            device,
+            params.eval_batch_size,
+            max_new_tokens,
+        ),
         params=params,
         device=device,
         report_to=report_to,
         resume=resume,
         qlora=qlora,
         seed=seed,
-        model_info=info,
+        quiet=quiet,
         run_config={"model": info.model_dump(), "task": task, "data": train_data.info.model_dump()},
     )
     manifest = TrainManifest(
@@ -270,10 +251,17 @@ def train_cmd_impl(
         train_groups=sorted({s.group for s in train_data.samples if s.group}),
         validation_ids=sorted(s.id for s in val_data.samples),
         validation_groups=sorted({s.group for s in val_data.samples if s.group}),
-        hyperparameters={**params.as_dict(), "qlora": qlora, "seed": seed, "device": device, "limit": limit},
+        hyperparameters={
+            **params.as_dict(),
+            "qlora": qlora,
+            "seed": seed,
+            "device": device,
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+        },  # fmt: skip
         metrics={**result.metrics, "train_loss": result.train_loss, "history": result.history},
         steps=result.steps,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_atomic(output_dir / TRAIN_MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
-    return output_dir
+    return result

@@ -1,0 +1,27 @@
+"""Supervised fine-tuning of an image-text model with TRL's SFTTrainer and a LoRA adapter.
+
+Knows nothing about any task: it gets examples (chat messages, target text, image path) and an
+``evaluate(model)`` to judge the model as it trains. Rooms of one job each: ``recipe`` (hyper-
+parameters, LoRA targets, a model's own overrides), ``collator`` (examples -> batches),
+``callback`` (evaluation during training, compact logs), ``trainer`` (the wiring).
+"""
+
+from backends.trl.collator import Example, VisionSFTCollator, end_of_turn, image_token_ids, to_dataset
+from backends.trl.recipe import TrainParams, count_params, default_params, lora_target_regex, read_recipe
+from backends.trl.trainer import TrainResult, setup_wandb, train
+
+__all__ = [
+    "Example",
+    "TrainParams",
+    "TrainResult",
+    "VisionSFTCollator",
+    "count_params",
+    "default_params",
+    "end_of_turn",
+    "image_token_ids",
+    "lora_target_regex",
+    "read_recipe",
+    "setup_wandb",
+    "to_dataset",
+    "train",
+]
