@@ -1,4 +1,8 @@
-"""The `harness` command line: one function per subcommand, heavy imports inside the functions."""
+"""The `harness` command line: one function per subcommand, heavy imports inside the functions.
+
+Over 300 lines on purpose: it is the option declarations of eight subcommands, each calling one
+function of the library (harness.api, reports.report) and nothing more.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,15 @@ from typing import Annotated
 import typer
 
 from tasks import DEFAULT_TASK  # a name only: importing it loads no task
+
+# Options several commands share, defined once.
+DataOption = Annotated[
+    str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
+]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")]
+TaskOption = Annotated[
+    str, typer.Option(help="Task name, task .toml or dbq:<Brand>.<Country> (see `harness tasks`).")
+]
 
 app = typer.Typer(
     help="Evaluation-first benchmarks for vision-language models on product catalogs.",
@@ -115,13 +128,9 @@ def models_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
-    task: Annotated[
-        str, typer.Option(help="Task name, task .toml or dbq:<Brand>.<Country> (see `harness tasks`).")
-    ] = DEFAULT_TASK,
+    task: TaskOption = DEFAULT_TASK,
     model: Annotated[str, typer.Option(help="Named model, alias, hub id or local path.")] = "base",
-    data: Annotated[
-        str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
-    ] = None,
+    data: DataOption = None,
     prompt: Annotated[str, typer.Option(help="default | instructed | few-shot.")] = "default",
     split: Annotated[str, typer.Option(help="train | validation | test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
@@ -145,9 +154,7 @@ def run_cmd(
             "--trust-remote-code", help="Run the model repository's own code (needs a pinned revision)."
         ),
     ] = False,
-    device: Annotated[
-        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")
-    ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     from harness.api import evaluate
@@ -181,10 +188,8 @@ def train_cmd(
     model: Annotated[
         str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")
     ] = "base",
-    task: Annotated[str, typer.Option(help="Task whose train split is used.")] = DEFAULT_TASK,
-    data: Annotated[
-        str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
-    ] = None,
+    task: TaskOption = DEFAULT_TASK,
+    data: DataOption = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (default: 1 for real models).")] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")
@@ -210,9 +215,7 @@ def train_cmd(
         int | None, typer.Option(help="Generate on the validation slice every N steps.")
     ] = None,
     n_eval: Annotated[int | None, typer.Option(help="Size of that validation slice.")] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")
-    ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
 
@@ -269,10 +272,10 @@ def export_cmd(
 def report_cmd(
     a: Annotated[str, typer.Argument(help="Model name or run directory (the baseline).")],
     b: Annotated[str | None, typer.Argument(help="Model name or run directory (the candidate).")] = None,
-    task: Annotated[str, typer.Option(help="Task of the runs.")] = DEFAULT_TASK,
+    task: TaskOption = DEFAULT_TASK,
     data: Annotated[str | None, typer.Option(help="Only runs on this data source.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("runs"),
-    out: Annotated[Path | None, typer.Option(help="Markdown path (default reports/A-vs-B.md).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Markdown path (default runs/reports/A-vs-B.md).")] = None,
     wandb: Annotated[
         bool, typer.Option("--wandb", help="Also log a W&B run (offline without an API key).")
     ] = False,
@@ -287,7 +290,7 @@ def report_cmd(
 
     A and B are run directories or model names, resolved exactly as `harness run --model` does.
     """
-    from harness.models import find_runs
+    from harness.identity import find_runs
     from reports.report import make_report
 
     def runs_of(value: str):

@@ -20,8 +20,6 @@ Nothing here imports torch at module level: ``harness --help`` and ``harness mod
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -265,92 +263,6 @@ def check_remote_code(info: ModelInfo) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------ identity
-
-
-def pin(info: ModelInfo) -> ModelInfo:
-    """``info`` with an identity that cannot drift: hub revision -> commit sha, local dirs -> content hash."""
-    update: dict = {}
-    if Path(info.path).is_dir():
-        update["content"] = content_hash(Path(info.path))
-    else:
-        update["revision"] = hub_commit(info.path, info.revision)
-    if info.adapter:
-        update["adapter_content"] = content_hash(Path(info.adapter))
-    return info.model_copy(update=update)
-
-
-def hub_commit(repo: str, revision: str | None) -> str:
-    """The commit sha ``revision`` (a branch, tag or sha) of hub repository ``repo`` points at now.
-
-    Asks the hub; offline, reads the local Hugging Face cache (what a load would use). Neither ->
-    a one-line error: a run must never be keyed on a moving branch name.
-    """
-    revision = revision or "main"
-    if _COMMIT.match(revision):
-        return revision
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        sha = HfApi().model_info(repo, revision=revision, timeout=10).sha
-        if sha:
-            return sha
-    except Exception:  # noqa: BLE001 - offline, no access...: fall back to the cache
-        pass
-    try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True)).name
-    except Exception as err:  # noqa: BLE001 - not cached either: one clear line
-        raise HarnessError(
-            f"model {repo!r}: cannot resolve revision {revision!r} to a commit (the hub is unreachable and "
-            f"it is not in the Hugging Face cache); pass --revision <40-character commit sha>"
-        ) from err
-
-
-# Not part of what a model computes: training provenance, checkpoints, logs.
-_NOT_MODEL = {TRAIN_MANIFEST_FILE, "harness-export.json", "wandb", "runs"}
-
-
-def _model_files(root: Path) -> list[Path]:
-    files = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).parts
-        if any(p.startswith(".") or p.startswith("checkpoint-") or p in _NOT_MODEL for p in rel):
-            continue
-        if path.is_file():
-            files.append(path)
-    return files
-
-
-def content_hash(root: Path) -> str:
-    """sha256 over the relative names and bytes of a model or adapter directory's files.
-
-    Cached per directory by (name, size, mtime) of each file, so an unchanged multi-GB model is
-    hashed once; any change of a file (a re-training into the same directory, a `--resume`) or of
-    the file list gives a new hash.
-    """
-    root = Path(root).resolve()
-    files = _model_files(root)
-    signature = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = cache_dir() / "identity" / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
-    try:
-        saved = json.loads(cache.read_text())
-        if saved["signature"] == signature:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(root)).encode() + b"\0")
-        with open(f, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    value = digest.hexdigest()
-    from harness.core.store import write_atomic
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache, json.dumps({"path": str(root), "signature": signature, "sha256": value}))
-    return value
-
-
 def list_models() -> list[tuple[str, str]]:
     """(name, one-line description) of every built-in, alias and training output: ``harness models``."""
     settings = load_settings()
@@ -365,38 +277,3 @@ def list_models() -> list[tuple[str, str]]:
         newest = [d for d, m in outputs if m.base_model == name][-1]
         rows.append((f"{name}-tuned", f"newest training output on {name}: {newest}"))
     return rows
-
-
-# ------------------------------------------------------------------------------------------ runs
-
-
-def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list[Path]:
-    """Run directories under ``runs_dir`` of the model ``name`` resolves to, for ``task``, newest first.
-
-    ``name`` is resolved exactly as ``harness run --model`` resolves it (aliases, ``-tuned``, hub ids,
-    paths), and runs are matched on what they loaded, not on the name typed then: a run made with
-    ``--model base`` is found as ``phi-3-vision``. A revision pinned in harness.toml must match too.
-    """
-    from harness.core.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
-
-    info = resolve(name, build=False)
-    found = []
-    for config_file in Path(runs_dir).rglob(CONFIG_FILE):
-        if not (config_file.parent / PREDICTIONS_FILE).is_file():
-            continue  # e.g. a model's own config.json inside an adapter directory
-        try:
-            config = RunConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
-        except (ValidationError, ValueError, OSError):
-            continue
-        model = config.model
-        same_model = model.path == info.path and (model.adapter or None) == (info.adapter or None)
-        pinned = info.revision is None or not _COMMIT.match(info.revision) or model.revision == info.revision
-        if same_model and pinned and config.task == task and (data is None or config.data.source == data):
-            found.append((config.created, config_file.stat().st_mtime, config_file.parent))
-    if not found:
-        where = f"task {task!r}" + (f", data {data!r}" if data else "")
-        raise HarnessError(
-            f"no run of model {name!r} ({info.path}{' + ' + info.adapter if info.adapter else ''}; {where}) "
-            f"under {runs_dir}: run `harness run --model {name}` first"
-        )
-    return [path for *_, path in sorted(found, reverse=True)]

@@ -27,7 +27,8 @@ from harness.core.errors import HarnessError
 from harness.core.schema import GenerationInfo, ModelInfo, Record, RunConfig, RunMetrics
 from harness.core.store import RunStore, latest
 from harness.generation import MAX_CONSECUTIVE_ERRORS, generate_records
-from harness.models import pin, resolve
+from harness.identity import pin
+from harness.models import resolve
 from tasks.base import Task, TaskData
 
 VERSIONED = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pillow")

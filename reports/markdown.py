@@ -1,7 +1,8 @@
 """The markdown report: what was compared, paired statistics, per-label results, examples.
 
 Every metric, field and label shown comes from the runs' own specs and field list: nothing here
-names a catalog's fields.
+names a catalog's fields. Over 300 lines on purpose: the one-run and the two-run report share
+their escaping and sections, which keeps every cell going through one escaper.
 
 Model output is hostile text: every cell goes through :func:`cell`, which HTML-escapes it, turns
 markdown-active characters into numeric entities (so `|` cannot split a table row and `[x](y)`

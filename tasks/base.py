@@ -9,26 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.core.schema import (
-    DataInfo,
-    Excluded,
-    FieldInfo,
-    MetricSpec,
-    MetricValue,
-    Parsed,
-    Record,
-    Sample,
-    Truth,
-)
+from harness.core import schema
 
 
 @dataclass
 class TaskData:
     """One split of a task's data, ready to run: the samples plus what was left out and why."""
 
-    samples: list[Sample]
-    info: DataInfo
-    excluded: list[Excluded] = field(default_factory=list)
+    samples: list[schema.Sample]
+    info: schema.DataInfo
+    excluded: list[schema.Excluded] = field(default_factory=list)
 
 
 class Task(Protocol):
@@ -45,11 +35,11 @@ class Task(Protocol):
     ) -> TaskData:
         """Load ``split`` ("train", "validation" or "test") from ``source`` ("hub", "synthetic" or a path)."""
 
-    def messages(self, sample: Sample | None = None) -> list[dict]:
+    def messages(self, sample: schema.Sample | None = None) -> list[dict]:
         """The conversation in the Hugging Face chat format, ending with the user turn to answer; every
         image part carries its file as "path" (the sample's own image when absent)."""
 
-    def target(self, sample: Sample) -> str:
+    def target(self, sample: schema.Sample) -> str:
         """The answer a perfect model would generate (the training target)."""
 
     def prompt_identity(self) -> str:
@@ -58,17 +48,19 @@ class Task(Protocol):
     def scoring_identity(self) -> str:
         """A hash of the parser and scorers: a finished run scored by other code is re-scored."""
 
-    def metric_specs(self) -> list[MetricSpec]:
+    def metric_specs(self) -> list[schema.MetricSpec]:
         """What each per-sample score means (label, direction, binary or not, per-label or not)."""
 
-    def field_infos(self) -> list[FieldInfo]:
+    def field_infos(self) -> list[schema.FieldInfo]:
         """The answer's fields (name, kind, unit): how reports show truths and parsed values."""
 
-    def parse(self, text: str) -> Parsed:
+    def parse(self, text: str) -> schema.Parsed:
         """Read the fields from a model's answer. Never raises."""
 
-    def score(self, truths: list[Truth], parsed: list[Parsed]) -> list[dict[str, float | None]]:
+    def score(self, truths: list[schema.Truth], parsed: list[schema.Parsed]) -> list[dict[str, float | None]]:
         """Per-sample scores of a batch; None where a score is undefined (e.g. no price parsed)."""
 
-    def aggregate(self, records: list[Record]) -> tuple[dict[str, MetricValue], dict[str, dict]]:
+    def aggregate(
+        self, records: list[schema.Record]
+    ) -> tuple[dict[str, schema.MetricValue], dict[str, dict]]:
         """Aggregates with 95 % bootstrap CIs, and per-label means ({label field: {label: {metric: mean}}})."""

@@ -12,17 +12,18 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import pandas as pd
-import requests
 from PIL import Image
-from requests.adapters import HTTPAdapter
-from tqdm.auto import tqdm
-from urllib3.util.retry import Retry
 
+from harness.core import hub
 from harness.core.errors import HarnessError
 from harness.core.store import write_atomic
+
+if TYPE_CHECKING:  # loaded when a table is read or an image downloaded, not for a reused split
+    import pandas as pd
+    import requests
 
 # Download knobs (module-level so tests can shrink them).
 WORKERS = 8
@@ -34,6 +35,8 @@ FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV / Parquet / JSONL catalog table (its columns are the task's to check)."""
+    import pandas as pd
+
     suffix = path.suffix.lower()
     readers = {
         ".csv": pd.read_csv,
@@ -61,30 +64,10 @@ def missing_columns(df: pd.DataFrame, required: list[str], any_of: list[str]) ->
 
 
 def hub_dataset_commit(repo: str, revision: str | None) -> str:
-    """The commit sha a hub dataset's ``revision`` (default: main) points at; the hub, else the cache.
-
-    A benchmark must be keyed on data that cannot move: a branch name is never recorded as a revision.
-    """
-    revision = revision or "main"
-    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
-        return revision
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        sha = HfApi().dataset_info(repo, revision=revision, timeout=10).sha
-        if sha:
-            return sha
-    except Exception:  # noqa: BLE001 - offline, no access...: fall back to the cache
-        pass
-    try:
-        return Path(
-            snapshot_download(repo, repo_type="dataset", revision=revision, local_files_only=True)
-        ).name
-    except Exception as err:  # noqa: BLE001 - one clear line
-        raise HarnessError(
-            f"cannot resolve dataset {repo} revision {revision!r} to a commit (the hub is unreachable and it "
-            "is not in the Hugging Face cache); without network use `--data synthetic` or a local table"
-        ) from err
+    """A hub dataset's commit for ``revision`` (default main): a benchmark is keyed on data that cannot move."""
+    return hub.commit(
+        repo, revision, repo_type="dataset", hint="; without network use `--data synthetic` or a local table"
+    )
 
 
 def load_hub_table(repo: str, revision: str) -> pd.DataFrame:
@@ -122,6 +105,10 @@ def file_digest(path: Path) -> str:
 
 def make_session() -> requests.Session:
     """A session that retries connection errors, read timeouts and 429/5xx with exponential backoff."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
     retry = Retry(
         total=RETRIES,
         connect=RETRIES,
@@ -176,6 +163,9 @@ def fetch_images(urls: Iterable[str], images_dir: Path) -> dict[str, Path | str]
             todo.append(url)
     if not todo:
         return result
+    import requests
+    from tqdm.auto import tqdm
+
     session = make_session()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         futures = {pool.submit(_download, session, url, images_dir): url for url in todo}

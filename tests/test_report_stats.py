@@ -9,7 +9,7 @@ from test_report_fakes import record, write_run
 
 from harness.core.errors import HarnessError
 from harness.core.stats import bootstrap_means
-from harness.models import find_runs
+from harness.identity import find_runs
 from reports.compare import compare_runs, read_run
 from reports.report import make_report
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from conftest import make_task
 from PIL import Image
 
-from tasks.catalog import SPLITS, assert_no_leakage
+from conftest import make_task
+from tasks.data import SPLITS, assert_no_leakage
 from tasks.synthetic import CATEGORIES, build_catalog, generate_rows
 
 

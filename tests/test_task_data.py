@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import datasets
 import pandas as pd
 import pytest
-from conftest import make_task
 from PIL import Image
 
+from conftest import make_task
 from harness.core.errors import HarnessError
 from tasks import sources
-from tasks.catalog import SPLITS, assert_no_leakage, split_of
+from tasks.data import SPLITS, assert_no_leakage, split_of
 from tasks.text import normalise
 
 

@@ -111,14 +111,24 @@ def test_bootstrap_edge_cases_and_shrinking_width():
     assert bootstrap_ci([0.0, 1.0] * 10) == small  # fixed seed: reproducible
 
 
-def test_metric_modules_load_offline_from_local_files():
-    from tasks.catalog import _metric
+def test_evaluate_modules_load_offline_and_equal_the_scorers_the_harness_calls():
+    """tasks/metrics/ wraps tasks/scorers.py as evaluate modules: same numbers, loaded from files offline."""
+    from pathlib import Path
 
-    _metric.cache_clear()
-    module = _metric("number_error")  # HF_HUB_OFFLINE is set: a hub lookup would fail here
-    out = module.compute(predictions=[None, 110.0], references=[100.0, 100.0], tolerances=[10.0, 5.0])
-    assert out["within_10"] == [0.0, 1.0] and out["within_5"] == [0.0, 0.0] and out["ape"][0] is None
-    assert _metric("label_match").compute(predictions=["", "Bags"], references=["BAGS", "bags"])["exact"] == [
-        0.0,
-        1.0,
-    ]
+    import evaluate
+
+    from tasks import scorers
+
+    metrics = Path(scorers.__file__).with_name("metrics")
+    module = evaluate.load(str(metrics / "number_error.py"), keep_in_memory=True)  # offline: no hub lookup
+    preds, refs = [None, 110.0, 0.0, 97.5], [100.0, 100.0, 50.0, 100.0]
+    out = module.compute(predictions=preds, references=refs, tolerances=[10.0, 5.0])
+    assert out == scorers.columns(scorers.number_scores, preds, refs, tolerances=[10.0, 5.0])
+    assert out["within_10"] == [0.0, 1.0, 0.0, 1.0] and out["within_5"] == [0.0, 0.0, 0.0, 1.0]
+    texts, truths = ["", "Check Scarf", "vintage check scarf"], ["Vintage Check Scarf"] * 3
+    text = evaluate.load(str(metrics / "text_match.py"), keep_in_memory=True)
+    assert text.compute(predictions=texts, references=truths) == scorers.columns(
+        scorers.text_scores, texts, truths
+    )
+    label = evaluate.load(str(metrics / "label_match.py"), keep_in_memory=True)
+    assert label.compute(predictions=["", "Bags"], references=["BAGS", "bags"])["exact"] == [0.0, 1.0]

@@ -13,7 +13,8 @@ import backends.hf
 from harness.core.errors import HarnessError
 from harness.core.schema import ModelInfo
 from harness.core.store import RunStore, load_run
-from harness.models import content_hash, hub_commit, pin, resolve
+from harness.identity import content_hash, hub_commit, pin
+from harness.models import resolve
 
 
 @pytest.fixture(scope="module")
