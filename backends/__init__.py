@@ -8,7 +8,12 @@ from types import ModuleType
 from harness.core.errors import HarnessError
 
 # name -> module exposing ``load_generator(model_info, device=None, dtype=None)``.
-BACKENDS: dict[str, str] = {"hf": "backends.hf"}
+BACKENDS: dict[str, str] = {"hf": "backends.hf", "api": "backends.api"}
+
+
+def backend_for(family: str) -> str:
+    """The backend that runs a model of this family: served models over HTTP, all others in-process."""
+    return "api" if family == "api" else "hf"
 
 
 def get_backend(name: str) -> ModuleType:

@@ -20,6 +20,8 @@ class Generation:
     text: str
     n_tokens: int  # generated tokens, the end token included
     stop: Literal["end", "length"]
+    latency_s: float | None = None  # this answer's own time (a served model answers requests in parallel)
+    prompt_tokens: int | None = None  # as a server reports its usage
 
 
 class Generator(Protocol):

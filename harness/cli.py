@@ -155,6 +155,9 @@ def run_cmd(
         ),
     ] = False,
     device: DeviceOption = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Served models (openai:<model>@<url>): requests in flight (default 8).")
+    ] = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     from harness.api import evaluate
@@ -176,6 +179,7 @@ def run_cmd(
             dtype=dtype,
             max_error_rate=max_error_rate,
             prompt=prompt,
+            concurrency=concurrency,
         )
     typer.echo(f"run directory: {run.path}")
     if not run.complete:  # written, but incomplete: its numbers are not final

@@ -138,8 +138,9 @@ def _answer(answer, latency: float, batch: int) -> dict:
     return {
         "output": answer.text,
         "n_tokens": answer.n_tokens,
+        "prompt_tokens": answer.prompt_tokens,
         "stop": answer.stop,
-        "latency_s": latency,
+        "latency_s": answer.latency_s if answer.latency_s is not None else latency,
         "batch_size": batch,
     }
 

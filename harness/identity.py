@@ -23,6 +23,10 @@ from harness.models import resolve
 def pin(info: ModelInfo) -> ModelInfo:
     """``info`` with an identity that cannot drift: hub revision -> commit sha, local dirs -> content hash."""
     update: dict = {}
+    if info.family == "api":  # a served model is what the server says it serves now
+        from backends.api import server_identity
+
+        return info.model_copy(update={"revision": server_identity(info)})
     if Path(info.path).is_dir():
         update["content"] = content_hash(Path(info.path))
     else:
@@ -102,6 +106,7 @@ def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list
             continue
         model = config.model
         same_model = model.path == info.path and (model.adapter or None) == (info.adapter or None)
+        same_model = same_model and model.endpoint == info.endpoint
         pinned = (
             info.revision is None or not hub.COMMIT.match(info.revision) or model.revision == info.revision
         )

@@ -210,6 +210,21 @@ def _builtin(name: str, settings: Settings, build: bool = True) -> ModelInfo:
     return ModelInfo(name=name, path=path, family=spec.family, revision=revision, num_crops=spec.num_crops)
 
 
+SERVED = "openai:"
+
+
+def _served(target: str) -> ModelInfo:
+    """``openai:<model>@<base_url>``: a model an OpenAI-compatible server (vLLM, SGLang, TGI,
+    `transformers serve`) serves; the API key comes from the environment, never from the name."""
+    model, _, url = target.removeprefix(SERVED).partition("@")
+    if not model or not url.startswith(("http://", "https://")):
+        raise HarnessError(
+            f"model {target!r}: write {SERVED}<served model name>@<http(s)://host:port/v1>, "
+            f"e.g. {SERVED}microsoft/Phi-3-vision-128k-instruct@http://127.0.0.1:8000/v1"
+        )
+    return ModelInfo(name=target, path=model, family="api", endpoint=url.rstrip("/"))
+
+
 def _local(path: Path, settings: Settings, build: bool = True) -> ModelInfo:
     if (path / TRAIN_MANIFEST_FILE).is_file():  # a training output: its adapter on its base
         return _on_base(path, _read_manifest(path / TRAIN_MANIFEST_FILE), settings, build)
@@ -232,7 +247,9 @@ def resolve(
     """
     settings = load_settings()
     target = canonical(name, settings)
-    if target in BUILTINS:
+    if target.startswith(SERVED):
+        info = _served(target)
+    elif target in BUILTINS:
         info = _builtin(target, settings, build)
     elif target.endswith("-tuned"):
         info = _tuned(name, canonical(target.removesuffix("-tuned"), settings), settings, build)
@@ -241,7 +258,17 @@ def resolve(
     elif _HUB_ID.match(target):
         info = ModelInfo(name=target, path=target)
     else:
-        valid = ", ".join([*BUILTINS, *settings.aliases, "tuned", "<name>-tuned", "<org/name>", "<path>"])
+        valid = ", ".join(
+            [
+                *BUILTINS,
+                *settings.aliases,
+                "tuned",
+                "<name>-tuned",
+                "<org/name>",
+                "<path>",
+                f"{SERVED}<model>@<url>",
+            ]
+        )
         raise HarnessError(f"unknown model {name!r}; valid: {valid}")
     update: dict = {"name": name, "trust_remote_code": trust_remote_code}
     if revision:

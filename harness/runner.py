@@ -53,12 +53,13 @@ def run_eval(
     max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
     prompt: str = "default",
     quiet: bool = False,
+    concurrency: int | None = None,
 ) -> Path:
     """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone.
 
     ``data`` None is the task's own data; ``max_new_tokens`` None sizes the budget from the task's
     longest targets (see :func:`budget`); ``prompt`` picks the task's prompt variant; ``quiet``
-    prints nothing (no tables, no progress).
+    prints nothing (no tables, no progress); ``concurrency``: requests in flight to a served model.
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -77,7 +78,8 @@ def run_eval(
 
         check_adapter_never_saw(Path(info.adapter), task_obj.name, task_data)
     info = pin(info)
-    device_kind = planned_device(device)
+    served = info.family == "api"
+    device_kind = "server" if served else planned_device(device)
     config = RunConfig(
         task=task_obj.name,
         model=info,
@@ -90,7 +92,7 @@ def run_eval(
         limit=limit,
         batch_size=batch_size,
         device=device_kind,
-        dtype=dtype or ("bfloat16" if device_kind.startswith("cuda") else "float32"),
+        dtype="server" if served else dtype or ("bfloat16" if device_kind.startswith("cuda") else "float32"),
         max_error_rate=max_error_rate,
         metric_specs=task_obj.metric_specs(),
     )
@@ -106,9 +108,12 @@ def run_eval(
         print_metrics(finished, console)
         return store.dir
 
-    from backends import get_backend
+    from backends import backend_for, get_backend
 
-    generator = get_backend("hf").load_generator(info, device=device or device_kind, dtype=config.dtype)
+    options = {"concurrency": concurrency} if served and concurrency else {}
+    generator = get_backend(backend_for(info.family)).load_generator(
+        info, device=device or device_kind, dtype=config.dtype, **options
+    )
     config.device = str(generator.device)
     config.generation.resolved_max_new_tokens = max_new_tokens or budget(generator, task_obj, task_data)
     config.versions, config.git_sha = library_versions(), git_sha()

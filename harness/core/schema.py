@@ -65,6 +65,7 @@ class Record(BaseModel):
     latency_s: float | None = None
     error: str | None = None
     n_tokens: int | None = None  # generated tokens, the end token included
+    prompt_tokens: int | None = None  # as a server reports its usage
     stop: Literal["end", "length"] | None = None  # "length": cut at max_new_tokens (truncated)
     batch_size: int | None = None  # size of the generate call that produced it
 
@@ -120,7 +121,8 @@ class ModelInfo(BaseModel):
     path: str  # hub id or local directory actually loaded
     revision: str | None = None  # for a hub id, the commit sha it resolved to when the run started
     adapter: str | None = None  # LoRA adapter directory evaluated (unmerged) on top of `path`
-    family: str = "hf"  # "hf" (Auto classes) or "phi3v" (native)
+    family: str = "hf"  # "hf" (Auto classes), "phi3v" (native) or "api" (a served model)
+    endpoint: str | None = None  # "api": the OpenAI-compatible base URL (path = the served model's name)
     trust_remote_code: bool = False
     num_crops: int | None = None  # Phi-3-Vision image crops (16 for 3.0, 4 for 3.5); None = model default
     attn_implementation: str = "sdpa"
