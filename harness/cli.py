@@ -6,6 +6,7 @@ function of the library (harness.api, reports.report) and nothing more.
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,9 @@ DataOption = Annotated[
     str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
 ]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")]
+ProcessesOption = Annotated[
+    int, typer.Option(help="Data-parallel processes on this node (torchrun; one per GPU). 1: this process.")
+]
 TaskOption = Annotated[
     str, typer.Option(help="Task name, task .toml or dbq:<Brand>.<Country> (see `harness tasks`).")
 ]
@@ -56,6 +60,25 @@ def quiet_libraries() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     for kind in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", "", kind, r"(transformers|trl|peft|accelerate|torch)(\.|$)")
+
+
+def relaunch(processes: int) -> None:
+    """--processes N: run this same command in N processes through torchrun, and exit with its code."""
+    from harness.distributed import launch, world
+
+    if processes < 1:
+        fail(f"--processes must be >= 1, got {processes}")
+    if processes == 1 or world().size > 1:  # one process, or already one of the launched ones
+        return
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            argv.append(arg)
+    raise typer.Exit(launch(processes, argv))
 
 
 def fail(message: str) -> None:
@@ -158,8 +181,10 @@ def run_cmd(
     concurrency: Annotated[
         int | None, typer.Option(help="Served models (openai:<model>@<url>): requests in flight (default 8).")
     ] = None,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
+    relaunch(processes)
     from harness.api import evaluate
 
     with user_errors():
@@ -181,6 +206,10 @@ def run_cmd(
             prompt=prompt,
             concurrency=concurrency,
         )
+    from harness.distributed import world
+
+    if not world().main:  # one of several processes: rank 0 reports
+        return
     typer.echo(f"run directory: {run.path}")
     if not run.complete:  # written, but incomplete: its numbers are not final
         raise typer.Exit(1)
@@ -219,10 +248,13 @@ def train_cmd(
         int | None, typer.Option(help="Generate on the validation slice every N steps.")
     ] = None,
     n_eval: Annotated[int | None, typer.Option(help="Size of that validation slice.")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every N optimizer steps.")] = None,
     device: DeviceOption = None,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
 
+    relaunch(processes)
     if backend != "trl":
         fail(f"unknown training backend {backend!r}; valid backends: trl")
     if report_to not in ("none", "wandb"):
@@ -249,9 +281,13 @@ def train_cmd(
             limit=limit,
             eval_every=eval_every,
             n_eval=n_eval,
+            save_steps=save_steps,
             device=device,
         )
-    typer.echo(f"trained model: {out.output_dir}")
+    from harness.distributed import world
+
+    if world().main:
+        typer.echo(f"trained model: {out.output_dir}")
 
 
 @app.command("export")

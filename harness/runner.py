@@ -26,6 +26,7 @@ import harness
 from harness.core.errors import HarnessError
 from harness.core.schema import GenerationInfo, ModelInfo, Record, RunConfig, RunMetrics
 from harness.core.store import RunStore, latest
+from harness.distributed import barrier, gather, join, shard, world
 from harness.generation import MAX_CONSECUTIVE_ERRORS, generate_records
 from harness.identity import pin
 from harness.models import resolve
@@ -96,11 +97,14 @@ def run_eval(
         max_error_rate=max_error_rate,
         metric_specs=task_obj.metric_specs(),
     )
-    store = RunStore.open(output_dir, config, fresh=fresh)
-    console = Console(quiet=quiet)
+    w = world()
+    join(device_kind)  # a data-parallel run (torchrun / accelerate launch): one process per shard
+    store = RunStore.open(output_dir, config, fresh=fresh, rank=w.rank, world=w.size)
+    barrier()  # rank 0 has cleared a --fresh directory before anyone reads it
+    console = Console(quiet=quiet or not w.main)
     finished = store.finished()
     if finished is not None:  # before loading the model: a finished re-run costs nothing
-        if finished.scoring != task_obj.scoring_identity():
+        if finished.scoring != task_obj.scoring_identity() and w.main:
             finished = rescore(task_obj, store, task_data, finished)
             console.print(f"[yellow]re-scored {store.dir}: the task's parser or scorers changed[/yellow]")
         else:
@@ -111,6 +115,8 @@ def run_eval(
     from backends import backend_for, get_backend
 
     options = {"concurrency": concurrency} if served and concurrency else {}
+    if device is None and device_kind == "cuda" and w.size > 1:
+        device = f"cuda:{w.local_rank}"  # one process per GPU
     generator = get_backend(backend_for(info.family)).load_generator(
         info, device=device or device_kind, dtype=config.dtype, **options
     )
@@ -118,28 +124,58 @@ def run_eval(
     config.generation.resolved_max_new_tokens = max_new_tokens or budget(generator, task_obj, task_data)
     config.versions, config.git_sha = library_versions(), git_sha()
     config.created = datetime.now(UTC).isoformat(timespec="seconds")
-    store.write_config(config)
+    if w.main:
+        store.write_config(config)
+        store.consolidate()  # an interrupted data-parallel run's rank files, whatever its process count
+    barrier()
 
     done = {i for i, r in latest(store.records()).items() if r.error is None}
     todo = [s for s in task_data.samples if s.id not in done]
     if len(todo) < len(task_data.samples):
         console.print(f"[dim]resuming {store.dir}: {len(task_data.samples) - len(todo)} samples done[/dim]")
-    _, size = generate_records(
-        task_obj,
-        generator,
-        todo,
-        batch_size=batch_size,
-        max_new_tokens=config.generation.resolved_max_new_tokens,
-        on_records=store.append,
-        max_consecutive_errors=max_consecutive_errors,
-        progress=None if quiet else f"{task_obj.name} / {info.name}",
-    )
-    metrics = summarise(
-        task_obj, info, task_data, store.records(), time.perf_counter() - started, max_error_rate, size
-    )
-    store.finish(metrics)
-    print_metrics(metrics, console)
+    mine = shard(todo, w.rank, w.size, cost=image_cost) if w.size > 1 else todo
+    try:
+        _, size = generate_records(
+            task_obj,
+            generator,
+            mine,
+            batch_size=batch_size,
+            max_new_tokens=config.generation.resolved_max_new_tokens,
+            on_records=store.append,
+            max_consecutive_errors=max_consecutive_errors,
+            progress=None if quiet or not w.main else f"{task_obj.name} / {info.name}",
+        )
+        outcome: tuple[str, int | str] = ("done", size)
+    except HarnessError as err:
+        if w.size == 1:
+            raise
+        outcome = ("failed", str(err))
+    outcomes = gather(outcome)  # every rank waits here for the others: no rank is left at a barrier
+    failed = [str(o[1]) for o in outcomes if o[0] == "failed"]
+    if failed:
+        raise HarnessError(failed[0])
+    if w.main:
+        records = store.consolidate(order=[s.id for s in task_data.samples])
+        sizes = [int(o[1]) for o in outcomes]
+        metrics = summarise(
+            task_obj, info, task_data, records, time.perf_counter() - started, max_error_rate, min(sizes)
+        )
+        store.finish(metrics)
+        print_metrics(metrics, console)
+    barrier()  # every rank returns a finished run directory
     return store.dir
+
+
+def image_cost(sample) -> float:
+    """A sample's expected generation cost for sharding: its image's pixels (the image token count
+    grows with them); read from the file header, nothing decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(sample.image) as image:
+            return float(image.width * image.height)
+    except OSError:
+        return 0.0
 
 
 def planned_device(device: str | None) -> str:

@@ -138,8 +138,9 @@ def run_training(
     """Train ``model`` on ``task``'s train split; the result's ``output_dir`` holds adapter + manifest."""
     from backends.hf import load_model_and_processor
     from backends.trl import default_params, read_recipe, train
+    from harness.distributed import barrier, broadcast, join, world
     from harness.models import canonical, load_settings, resolve, train_stem
-    from harness.runner import budget_for
+    from harness.runner import budget_for, planned_device
     from tasks import DEFAULT_TASK, get_task
 
     if epochs is not None and max_steps is not None:
@@ -168,6 +169,13 @@ def run_training(
     if not train_data.samples:
         raise HarnessError(f"task {task!r}: the train split of {data!r} is empty")
 
+    # Data-parallel (torchrun / accelerate launch): one process per device; rank 0 names the output,
+    # writes the manifest and runs the evaluation callback; the trainer averages the gradients.
+    w = world()
+    if w.size > 1 and device is None and planned_device(None) == "cuda":
+        device = f"cuda:{w.local_rank}"
+    join(planned_device(device))
+    quiet = quiet or not w.main
     root = load_settings().train_dir
     if output_dir is None and resume:
         output_dir = _newest_unfinished(root, stem)
@@ -177,14 +185,16 @@ def run_training(
             )
     if output_dir is None:
         output_dir = root / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    output_dir = Path(output_dir)
+    output_dir = Path(broadcast(str(output_dir)))  # the clock of rank 0 names it for every rank
     if (output_dir / TRAIN_MANIFEST_FILE).exists() and not resume:
         if not overwrite:
             raise HarnessError(
                 f"--output-dir {output_dir} already holds a finished adapter; --resume to train it on, "
                 "--overwrite to replace it"
             )
-        shutil.rmtree(output_dir)  # a replaced adapter must not keep the old one's checkpoints
+        if w.main:
+            shutil.rmtree(output_dir)  # a replaced adapter must not keep the old one's checkpoints
+    barrier()
 
     net, processor, device = load_model_and_processor(
         info, device, load_adapter=False, quantization="nf4" if qlora else None
@@ -263,5 +273,7 @@ def run_training(
         steps=result.steps,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    write_atomic(output_dir / TRAIN_MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+    if w.main:  # the manifest last: an output directory with one holds a finished adapter
+        write_atomic(output_dir / TRAIN_MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+    barrier()
     return result

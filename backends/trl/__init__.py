@@ -6,9 +6,17 @@ parameters, LoRA targets, a model's own overrides), ``collator`` (examples -> ba
 ``callback`` (evaluation during training, compact logs), ``trainer`` (the wiring).
 """
 
-from backends.trl.collator import Example, VisionSFTCollator, end_of_turn, image_token_ids, to_dataset
-from backends.trl.recipe import TrainParams, count_params, default_params, lora_target_regex, read_recipe
-from backends.trl.trainer import TrainResult, setup_wandb, train
+import contextlib
+import io
+
+# transformers prints "[INFO] Running in WANDB offline mode" to stdout when its trainer integrations
+# load (once per process): not a line a user of the CLI or the library needs.
+with contextlib.redirect_stdout(io.StringIO()):
+    import transformers.integrations.integration_utils  # noqa: F401 - the module that prints
+
+    from backends.trl.collator import Example, VisionSFTCollator, end_of_turn, image_token_ids, to_dataset
+    from backends.trl.recipe import TrainParams, count_params, default_params, lora_target_regex, read_recipe
+    from backends.trl.trainer import TrainResult, setup_wandb, train
 
 __all__ = [
     "Example",

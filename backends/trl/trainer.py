@@ -7,7 +7,6 @@ pad tokens, and progress is judged by generating answers (the callback), not onl
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -84,10 +83,7 @@ def train(
     ``output_dir``. ``val_examples`` are not trained on (kept for the caller's records).
     """
     from peft import LoraConfig, prepare_model_for_kbit_training
-
-    # transformers prints "[INFO] Running in WANDB offline mode" to stdout when its integrations load.
-    with contextlib.redirect_stdout(sys.stderr):
-        from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
     if report_to not in ("none", "wandb"):
         raise HarnessError(f"report_to must be 'none' or 'wandb', not {report_to!r}")
@@ -107,7 +103,9 @@ def train(
         raise HarnessError("no training examples")
 
     run = None
-    if report_to == "wandb":
+    rank = int(os.environ.get("RANK", 0))
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if report_to == "wandb" and rank == 0:  # one W&B run, from the main process
         config = {"harness": run_config or {}, "params": params.as_dict(), "n_train": len(train_examples)}
         run = setup_wandb(wandb_project, output_dir.name, config, output_dir)
 
@@ -141,7 +139,11 @@ def train(
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         dataloader_num_workers=0,
-        disable_tqdm=quiet,
+        disable_tqdm=quiet or rank != 0,
+        # DDP: gloo on a CPU. LoRA on the vision tower also reaches layers no forward uses (Phi-3-V
+        # reads CLIP's second-to-last layer): their parameters get no gradient, which DDP must expect.
+        ddp_backend=None if not distributed else ("nccl" if not use_cpu else "gloo"),
+        ddp_find_unused_parameters=params.lora_vision if distributed else None,
         log_level="error",  # the harness shows its own compact line per logging step
     )
     lora = LoraConfig(

@@ -122,19 +122,43 @@ def read_records(path: Path, repair: bool = False) -> list[Record]:
     return records
 
 
-class RunStore:
-    """The files of one run directory, opened for writing by the runner."""
+def rank_files(directory: Path) -> list[Path]:
+    """predictions.rank<k>.jsonl of a data-parallel run, by rank."""
+    found = Path(directory).glob("predictions.rank*.jsonl")
+    return sorted(found, key=lambda p: int(p.name.removeprefix("predictions.rank").removesuffix(".jsonl")))
 
-    def __init__(self, directory: Path):
+
+def read_all_records(directory: Path, repair: bool = False) -> list[Record]:
+    """predictions.jsonl, then the rank files of a data-parallel run in progress, in that order: the
+    rank files are newer (a run consolidates them into predictions.jsonl when it starts and ends)."""
+    directory = Path(directory)
+    records = read_records(directory / PREDICTIONS_FILE, repair=repair)
+    for path in rank_files(directory):
+        records += read_records(path, repair=repair)
+    return records
+
+
+class RunStore:
+    """The files of one run directory, opened for writing by the runner.
+
+    A data-parallel run (``rank`` of ``world`` processes) appends to ``predictions.rank<k>.jsonl``,
+    one file per process so that no two processes append to one file; rank 0 consolidates them into
+    predictions.jsonl.
+    """
+
+    def __init__(self, directory: Path, rank: int = 0, world: int = 1):
         self.dir = Path(directory)
+        self.rank, self.world = rank, world
 
     @classmethod
-    def open(cls, output_dir: Path, config: RunConfig, fresh: bool = False) -> RunStore:
+    def open(
+        cls, output_dir: Path, config: RunConfig, fresh: bool = False, rank: int = 0, world: int = 1
+    ) -> RunStore:
         """The run directory for ``config`` (its key filled in); ``fresh`` throws away what is there."""
         if not config.key:
             config.key = run_key(config)
-        store = cls(Path(output_dir) / run_name(config))
-        if fresh and store.dir.exists():
+        store = cls(Path(output_dir) / run_name(config), rank, world)
+        if fresh and rank == 0 and store.dir.exists():
             shutil.rmtree(store.dir)
         return store  # the directory appears with config.json: a model that fails to load leaves none
 
@@ -145,6 +169,11 @@ class RunStore:
     @property
     def predictions_path(self) -> Path:
         return self.dir / PREDICTIONS_FILE
+
+    @property
+    def append_path(self) -> Path:
+        """Where this process appends: predictions.jsonl, or its own rank file in a data-parallel run."""
+        return self.predictions_path if self.world == 1 else self.dir / f"predictions.rank{self.rank}.jsonl"
 
     @property
     def metrics_path(self) -> Path:
@@ -167,15 +196,29 @@ class RunStore:
         return metrics if metrics.status == "complete" else None
 
     def records(self) -> list[Record]:
-        """Records written so far, a torn last line cut away so that appends start on a clean line."""
-        return read_records(self.predictions_path, repair=True)
+        """Records written so far (every process's), torn last lines cut away so appends start clean."""
+        return read_all_records(self.dir, repair=True)
+
+    def consolidate(self, order: list[str] | None = None) -> list[Record]:
+        """Rank files folded into predictions.jsonl (each sample's latest record, in ``order`` when
+        given), written atomically before the rank files go: a kill in between loses nothing."""
+        records = list(latest(self.records()).values())
+        if order is not None:
+            position = {sid: i for i, sid in enumerate(order)}
+            records.sort(key=lambda r: position.get(r.id, len(position)))
+        leftovers = rank_files(self.dir)
+        if leftovers or order is not None:
+            self.replace_records(records)
+            for path in leftovers:
+                path.unlink()
+        return records
 
     def append(self, records: list[Record]) -> None:
         """One batch: appended, flushed and fsynced, so a kill loses at most the batch in flight."""
         if not records:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.predictions_path, "a") as f:
+        with open(self.append_path, "a") as f:
             f.write("".join(r.model_dump_json() + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
@@ -211,7 +254,7 @@ def load_run(directory: Path) -> tuple[RunConfig, list[Record], RunMetrics | Non
     config = _read_config(config_path)
     metrics_path = directory / METRICS_FILE
     metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
-    return config, read_records(directory / PREDICTIONS_FILE), metrics
+    return config, read_all_records(directory), metrics
 
 
 # ------------------------------------------------------------------------------ reading a run
@@ -261,7 +304,7 @@ def read_run(path: str | Path) -> Run:
     path = Path(path)
     config, records, metrics = load_run(path)
     pred_file = path / PREDICTIONS_FILE
-    if not pred_file.is_file():
+    if not pred_file.is_file() and not rank_files(path):
         raise HarnessError(f"{pred_file}: missing (the run wrote no predictions)")
     by_id = latest(records)
     return Run(
@@ -280,6 +323,8 @@ def why_incomplete(run: Run) -> str | None:
 
 def _ends_mid_line(file: Path) -> bool:
     """The writer died mid-append: the file does not end with a newline."""
+    if not file.is_file():
+        return False
     with open(file, "rb") as f:
         if f.seek(0, os.SEEK_END) == 0:
             return False
