@@ -251,9 +251,25 @@ def train_cmd(
     save_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every N optimizer steps.")] = None,
     device: DeviceOption = None,
     processes: ProcessesOption = 1,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the plan and the memory per GPU for --processes GPUs; train nothing."
+        ),
+    ] = False,
+    strategy: Annotated[
+        str | None, typer.Option(help="With --dry-run: ddp | fsdp | zero2 | zero3 (default: all).")
+    ] = None,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
 
+    if dry_run:
+        from harness.training import dry_run as plan
+
+        with user_errors():
+            plan(model, processes=processes, strategy=strategy, qlora=qlora, lora_r=lora_r,
+                 batch_size=batch_size, grad_accum=grad_accum)  # fmt: skip
+        return
     relaunch(processes)
     if backend != "trl":
         fail(f"unknown training backend {backend!r}; valid backends: trl")
