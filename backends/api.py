@@ -77,7 +77,11 @@ def _client(endpoint: str):
 
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    text = lines[0] if lines else type(err).__name__
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:  # "Connection error."
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    return text
 
 
 def served_models(endpoint: str) -> list[dict]:
