@@ -1,4 +1,4 @@
-"""Served models: an OpenAI-compatible chat-completions server answers (vLLM, SGLang, TGI, `transformers serve`).
+"""Served models: an OpenAI-compatible chat-completions server answers (vLLM, SGLang, TGI...).
 
 Prompts and images in, text out, over ``POST {endpoint}/chat/completions`` through the ``openai``
 client, which owns the timeouts and the retries (exponential backoff on connection errors, 408, 409,
@@ -61,13 +61,17 @@ def _setting(variable: str, default: float, kind: type) -> Any:
     return value
 
 
-def _client(endpoint: str):
-    """An OpenAI client for ``endpoint``: the key from the environment, the module's timeout and retries."""
+def _openai():
     try:
-        from openai import OpenAI
+        import openai
     except ImportError as err:
         raise HarnessError("served models need the openai client: pip install 'harness[serve]'") from err
-    return OpenAI(
+    return openai
+
+
+def _client(endpoint: str):
+    """An OpenAI client for ``endpoint``: the key from the environment, the module's timeout and retries."""
+    return _openai().OpenAI(
         base_url=endpoint,
         api_key=_api_key(),
         timeout=_setting("HARNESS_API_TIMEOUT", TIMEOUT_S, float),
@@ -86,8 +90,7 @@ def _one_line(err: BaseException) -> str:
 
 def served_models(endpoint: str) -> list[dict]:
     """What ``GET {endpoint}/models`` reports, one dict per served model (only the fields it sent)."""
-    import openai
-
+    openai = _openai()
     try:
         return [model.to_dict() for model in _client(endpoint).models.list()]
     except openai.APIConnectionError as err:  # refused, unresolvable, timed out (after the retries)
@@ -202,9 +205,11 @@ class APIGenerator:
         return json.dumps(rendered, sort_keys=True, ensure_ascii=False)
 
     def count_tokens(self, text: str) -> int:
-        """UTF-8 bytes of ``text``: the server's tokenizer is not available here, and a byte-level BPE
-        tokenizer (GPT-2, Llama 3, Phi-3's fallback bytes...) never makes more tokens than bytes, so a
-        budget sized from this never cuts a well-formed answer (it only allows more than needed)."""
+        """UTF-8 bytes of ``text``, an upper bound of its tokens: the server's tokenizer is not available
+        here, and a byte-level BPE tokenizer (GPT-2, Llama 3, Qwen...) never makes more tokens than bytes
+        (a SentencePiece one with byte fallback, as Phi-3's, at most one more for its leading space, which
+        the budget's margin covers). A budget sized from this never cuts a well-formed answer; it only
+        allows more than needed, and a model stops at its end token anyway."""
         return len(text.encode("utf-8"))
 
     def generate(
@@ -243,8 +248,7 @@ class APIGenerator:
         return Generation(text, n_tokens, stop, latency, getattr(usage, "prompt_tokens", None))
 
     def _create(self, messages: list[dict], max_new_tokens: int):
-        import openai
-
+        openai = _openai()
         request = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0}
         if self._send_seed:
             try:

@@ -193,6 +193,7 @@ class HFGenerator:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.dtype = next(model.parameters()).dtype
         self.stop_ids = self._stop_ids()
+        self.min_new_tokens: int | None = None  # benchmarks: every answer runs to the budget
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.stop_ids[0]
@@ -245,17 +246,23 @@ class HFGenerator:
                 do_sample=False,
                 num_beams=1,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=self.min_new_tokens,
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_id,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         stops = torch.isin(new_tokens, torch.tensor(self.stop_ids, device=new_tokens.device))
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         results = []
-        for text, row in zip(texts, stops.tolist(), strict=True):
+        for text, row, n_prompt in zip(texts, stops.tolist(), prompt_tokens, strict=True):
             # A row that never produced an end token ran out of budget: it is a truncated answer.
             end = row.index(True) + 1 if True in row else None
-            results.append(Generation(text.strip(), end or len(row), "end" if end else "length"))
+            results.append(
+                Generation(
+                    text.strip(), end or len(row), "end" if end else "length", prompt_tokens=int(n_prompt)
+                )
+            )
         return results
 
 

@@ -182,6 +182,13 @@ def run_cmd(
         int | None, typer.Option(help="Served models (openai:<model>@<url>): requests in flight (default 8).")
     ] = None,
     processes: ProcessesOption = 1,
+    min_new_tokens: Annotated[
+        int | None, typer.Option(help="Speed benchmarks: generate at least N tokens (end tokens ignored).")
+    ] = None,
+    num_crops: Annotated[
+        int | None,
+        typer.Option(help="Phi-3-Vision image crops (default: the model's; 16 for 3.0, 4 for 3.5)."),
+    ] = None,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     relaunch(processes)
@@ -205,6 +212,8 @@ def run_cmd(
             max_error_rate=max_error_rate,
             prompt=prompt,
             concurrency=concurrency,
+            min_new_tokens=min_new_tokens,
+            num_crops=num_crops,
         )
     from harness.distributed import world
 

@@ -55,6 +55,8 @@ def run_eval(
     prompt: str = "default",
     quiet: bool = False,
     concurrency: int | None = None,
+    min_new_tokens: int | None = None,
+    num_crops: int | None = None,
 ) -> Path:
     """Evaluate ``model`` on ``task``; returns the run directory. A finished run is not redone.
 
@@ -73,6 +75,8 @@ def run_eval(
         raise HarnessError(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
     task_obj = _get_task(task, prompt) if isinstance(task, str) else task
     info = model if isinstance(model, ModelInfo) else resolve(model, revision, trust_remote_code)
+    if num_crops:
+        info = info.model_copy(update={"num_crops": num_crops})
     task_data = task_obj.load(data, split, limit=limit)
     if info.adapter:
         from harness.training import check_adapter_never_saw
@@ -85,7 +89,7 @@ def run_eval(
         task=task_obj.name,
         model=info,
         data=task_data.info,
-        generation=GenerationInfo(max_new_tokens=max_new_tokens or "auto"),
+        generation=GenerationInfo(max_new_tokens=max_new_tokens or "auto", min_new_tokens=min_new_tokens),
         prompt=task_obj.prompt_identity(),
         prompt_name=getattr(task_obj, "prompt", "default"),
         task_source=getattr(task_obj, "source", ""),
@@ -121,6 +125,8 @@ def run_eval(
         info, device=device or device_kind, dtype=config.dtype, **options
     )
     config.device = str(generator.device)
+    if min_new_tokens:
+        generator.min_new_tokens = min_new_tokens
     config.generation.resolved_max_new_tokens = max_new_tokens or budget(generator, task_obj, task_data)
     config.versions, config.git_sha = library_versions(), git_sha()
     config.created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -160,10 +166,20 @@ def run_eval(
         metrics = summarise(
             task_obj, info, task_data, records, time.perf_counter() - started, max_error_rate, min(sizes)
         )
+        metrics.peak_memory_gb = peak_memory_gb(config.device)
         store.finish(metrics)
         print_metrics(metrics, console)
     barrier()  # every rank returns a finished run directory
     return store.dir
+
+
+def peak_memory_gb(device: str) -> float | None:
+    """The GPU memory the run's generation peaked at (None on a CPU: no allocator to ask)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 1024**3, 3)
 
 
 def image_cost(sample) -> float:

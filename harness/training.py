@@ -269,7 +269,13 @@ def run_training(
             "limit": limit,
             "max_new_tokens": max_new_tokens,
         },  # fmt: skip
-        metrics={**result.metrics, "train_loss": result.train_loss, "history": result.history},
+        metrics={
+            **result.metrics,
+            "train_loss": result.train_loss,
+            "history": result.history,
+            "samples_per_s": result.samples_per_s,
+            "peak_memory_gb": result.peak_memory_gb,
+        },  # fmt: skip
         steps=result.steps,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )

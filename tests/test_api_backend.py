@@ -109,14 +109,15 @@ def served(server: Server, endpoint: str | None = None) -> ModelInfo:
 def image(seed: int) -> Image.Image:
     """A distinct 48x48 picture per seed (stripes of seed-dependent colours)."""
     im = Image.new("RGB", (48, 48))
-    im.putdata([((x * 37 + seed * 91) % 256, (y * 53 + seed * 17) % 256, (x * y + seed * 7) % 256)
-                for y in range(48) for x in range(48)])  # fmt: skip
+    pixels = [
+        (x * 37 + seed * 91, y * 53 + seed * 17, x * y + seed * 7) for y in range(48) for x in range(48)
+    ]
+    im.putdata([(r % 256, g % 256, b % 256) for r, g, b in pixels])
     return im
 
 
-MESSAGES = [
-    {"role": "user", "content": [{"type": "image", "path": "/somewhere/a.png"}, {"type": "text", "text": "What is it?"}]}
-]  # fmt: skip
+IMAGE_PART = {"type": "image", "path": "/somewhere/a.png"}
+MESSAGES = [{"role": "user", "content": [IMAGE_PART, {"type": "text", "text": "What is it?"}]}]
 
 
 class Proxy:
@@ -125,14 +126,11 @@ class Proxy:
     that carry ``seed`` with a 400, or rewrites the upstream's JSON answers."""
 
     def __init__(self, upstream_port: int, busy: int = 0, refuse_seed: bool = False, rewrite=None):
-        self.upstream_port, self.busy, self.refuse_seed, self.rewrite = (
-            upstream_port,
-            busy,
-            refuse_seed,
-            rewrite,
-        )
+        self.upstream_port, self.busy = upstream_port, busy
+        self.refuse_seed, self.rewrite = refuse_seed, rewrite
         self.statuses: list[int] = []
         self.posts: list[tuple[float, str, int]] = []  # (arrival, body digest, status answered)
+        self.keys: list[str] = []  # the Authorization headers received
         self.lock = threading.Lock()
         proxy = self
 
@@ -176,6 +174,8 @@ class Proxy:
         handler.wfile.write(body)
 
     def forward(self, handler, body: bytes | None) -> None:
+        with self.lock:
+            self.keys.append(handler.headers.get("Authorization", ""))
         if body is not None:
             with self.lock:
                 busy = self.busy > 0
@@ -257,15 +257,23 @@ def test_an_early_end_without_usage_and_a_refused_seed(server):
     assert (first.text, first.stop, first.n_tokens) == (second.text, second.stop, second.n_tokens)
     assert first.stop == "end" and first.prompt_tokens is None
     assert 0 < first.n_tokens <= 8  # counted client-side, never above the budget
-    # The seed was refused once, then left out: one 400 and three answers (two requests + the retry).
+    # The seed was refused once, then left out: the 400, its retry without seed, the second request.
     assert proxy.statuses == [400, 200, 200]
 
 
-def test_the_key_is_not_kept_where_it_could_be_written(server, monkeypatch):
-    key = f"sk-test-{uuid.uuid4().hex}"
+def test_the_key_comes_from_the_environment_and_stays_in_the_client(server, monkeypatch):
+    key, fallback = f"sk-test-{uuid.uuid4().hex}", f"sk-openai-{uuid.uuid4().hex}"
     monkeypatch.setenv("HARNESS_API_KEY", key)
-    generator = api.load_generator(served(server))
-    assert key not in repr(generator) and key not in repr(vars(generator).get("info"))
+    monkeypatch.setenv("OPENAI_API_KEY", fallback)
+    with Proxy(server.port) as proxy:
+        generator = api.load_generator(served(server, proxy.url))
+        generator.generate([generator.render(MESSAGES)], [[image(0)]], 2)
+        monkeypatch.delenv("HARNESS_API_KEY")
+        api.server_identity(served(server, proxy.url))
+        monkeypatch.delenv("OPENAI_API_KEY")
+        api.server_identity(served(server, proxy.url))
+    assert proxy.keys == [f"Bearer {key}", f"Bearer {fallback}", "Bearer EMPTY"]
+    assert key not in repr(generator) and key not in repr(generator.info)
     with pytest.raises(TypeError):
         pickle.dumps(generator)
 
@@ -282,11 +290,19 @@ def test_server_identity_is_stable_and_names_what_is_served(server, fast_failure
     assert server.url in str(err.value) and repr(server.model) in str(err.value)
 
 
-def test_an_unreachable_server_is_one_line_naming_it(fast_failures):
+def test_an_unreachable_server_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv("HARNESS_API_RETRIES", "0")  # the environment overrides the module's defaults
+    monkeypatch.setenv("HARNESS_API_TIMEOUT", "5")
     endpoint = f"http://127.0.0.1:{free_port()}/v1"
+    info = ModelInfo(name="x", path="m", family="api", endpoint=endpoint)
+    t0 = time.perf_counter()
     with pytest.raises(HarnessError, match="cannot reach") as err:
-        api.server_identity(ModelInfo(name="x", path="m", family="api", endpoint=endpoint))
+        api.server_identity(info)
+    assert time.perf_counter() - t0 < 2  # no retries with backoff
     assert endpoint in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setenv("HARNESS_API_RETRIES", "many")
+    with pytest.raises(HarnessError, match="HARNESS_API_RETRIES"):
+        api.server_identity(info)
 
 
 # ---- through the runner ----------------------------------------------------------------------------

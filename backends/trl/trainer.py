@@ -33,6 +33,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_loss: float | None = None
     samples_per_s: float | None = None
+    peak_memory_gb: float | None = None  # on a GPU: the most memory training allocated
     wandb_dir: str | None = None
 
 
@@ -184,6 +185,7 @@ def train(
             history=list(evaluator.history),
             train_loss=metrics.get("train_loss"),
             samples_per_s=metrics.get("train_samples_per_second"),
+            peak_memory_gb=_peak_memory_gb(device),
         )
     finally:
         if run is not None:
@@ -199,3 +201,11 @@ def train(
     if math.isnan(result.train_loss or 0.0):
         raise HarnessError(f"training diverged (loss is NaN) in {output_dir}")
     return result
+
+
+def _peak_memory_gb(device: str) -> float | None:
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 1024**3, 3)

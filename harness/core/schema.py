@@ -133,6 +133,7 @@ class ModelInfo(BaseModel):
 class GenerationInfo(BaseModel):
     max_new_tokens: int | Literal["auto"] = "auto"  # as asked; "auto" = sized from the task's targets
     resolved_max_new_tokens: int | None = None  # what the run used (not part of the identity)
+    min_new_tokens: int | None = None  # benchmarks only: generate at least this many (end tokens ignored)
     do_sample: bool = False
 
 
@@ -170,6 +171,7 @@ class RunMetrics(BaseModel):
     n_truncated: int = 0  # answers cut at max_new_tokens
     n_excluded: int = 0  # rows dropped before the run (see the data manifest)
     batch_size: int | None = None  # the generation batch size that ran last (halved after out-of-memory)
+    peak_memory_gb: float | None = None  # on a GPU: the most memory the generation allocated
     scoring: str = ""  # identity of the parser and scorers that made these numbers
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     metric_specs: list[MetricSpec] = Field(default_factory=list)
