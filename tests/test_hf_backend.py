@@ -123,7 +123,7 @@ def test_missing_model_is_a_harness_error(tmp_path):
 
 def test_backend_registry():
     assert get_backend("hf").load_generator is load_generator
-    with pytest.raises(HarnessError, match="valid backends: hf"):
+    with pytest.raises(HarnessError, match="valid backends: api, hf"):
         get_backend("nope")
 
 
