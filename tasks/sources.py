@@ -7,8 +7,8 @@ allowed to crash the run (defect 4 of the seed pipeline).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -83,16 +83,18 @@ def load_hub_table(repo: str, revision: str) -> pd.DataFrame:
     return ds.to_pandas()
 
 
-def check_image(path: Path, *, full: bool = False) -> str | None:
-    """None if PIL can open (and with ``full``, decode) the file; else the reason why not."""
-    if not path.is_file():
+def check_image(path: Path, data: bytes | None = None) -> str | None:
+    """The one image check: None if PIL fully decodes the file (or its downloaded ``data``), else
+    the reason why not.
+
+    A full decode, not ``verify()``: a truncated file passes verify() and would crash training
+    mid-epoch. Done once per file: the data manifest and the download cache remember checked images.
+    """
+    if data is None and not path.is_file():
         return f"image file not found: {path}"
     try:
-        with Image.open(path) as im:
-            im.verify()
-        if full:  # verify() misses truncated data; decoding catches it (done once, at download)
-            with Image.open(path) as im:
-                im.load()
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            im.load()
     except Exception as err:  # noqa: BLE001 - any decoder error means "not a usable image"
         return f"not a readable image ({type(err).__name__}): {path.name}"
     return None
@@ -136,16 +138,12 @@ def _download(session: requests.Session, url: str, images_dir: Path) -> Path:
     resp = session.get(url, timeout=TIMEOUT)
     if resp.status_code != 200:
         raise ValueError(f"HTTP {resp.status_code}")
-    tmp = images_dir / f".{key}.tmp{os.getpid()}-{id(resp)}"
-    tmp.write_bytes(resp.content)
-    reason = check_image(tmp, full=True)
-    if reason:
-        tmp.unlink(missing_ok=True)
+    if check_image(images_dir / key, resp.content):
         raise ValueError(f"downloaded bytes are not a readable image ({len(resp.content)} bytes)")
-    with Image.open(tmp) as im:
+    with Image.open(io.BytesIO(resp.content)) as im:
         ext = FORMAT_EXT.get(im.format or "", "img")
     final = images_dir / f"{key}.{ext}"
-    os.replace(tmp, final)  # atomic: a cache entry is always a whole, verified image
+    write_atomic(final, resp.content)  # a cache entry is always a whole, checked image
     return final
 
 

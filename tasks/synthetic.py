@@ -13,14 +13,15 @@ metadata file is byte-identical for the same seed on every machine.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from harness.core.paths import cache_dir as default_cache_dir
+from harness.core.store import write_atomic
 
 SIZE = 128
 METADATA = "metadata.jsonl"
@@ -235,10 +236,8 @@ def build_catalog(seed: int = 0, n: int = 600, cache_dir: Path | None = None) ->
     for row in rows:
         target = root / row["image"]
         if not target.exists():
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
-            render(row, seed).save(tmp, format="PNG")
-            os.replace(tmp, target)
-    tmp = meta.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, meta)
+            buf = io.BytesIO()
+            render(row, seed).save(buf, format="PNG")
+            write_atomic(target, buf.getvalue())
+    write_atomic(meta, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     return meta
