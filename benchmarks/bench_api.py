@@ -113,7 +113,7 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HARNESS_CACHE", tempfile.mkdtemp(prefix="bench-api-cache-"))
-    from harness.core.store import read_run
+    from harness.core.run import read_run
     from harness.models import resolve
     from harness.runner import run_eval
 

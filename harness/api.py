@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.core.store import Run, read_run
+from harness.core.run import Run, read_run
 from tasks import DEFAULT_TASK
 
 if TYPE_CHECKING:

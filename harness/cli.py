@@ -273,7 +273,7 @@ def train_cmd(
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
 
     if dry_run:
-        from harness.training import dry_run as plan
+        from harness.plan import dry_run as plan
 
         with user_errors():
             plan(model, processes=processes, strategy=strategy, qlora=qlora, lora_r=lora_r,

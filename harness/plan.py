@@ -157,3 +157,31 @@ def print_plan(info: ModelInfo, params, processes: int, strategy: str | None, ql
             f"{m['total']:>13.1f}  accelerate launch --config_file {launch / files[name]} -m harness.cli train ..."
         )
     return result
+
+
+def dry_run(
+    model: str,
+    *,
+    processes: int = 1,
+    strategy: str | None = None,
+    qlora: bool = False,
+    lora_r: int | None = None,
+    batch_size: int | None = None,
+    grad_accum: int | None = None,
+):
+    """Print the training plan for GPUs (harness.plan) without loading any weight; returns the Plan."""
+    from backends.trl.recipe import TrainParams, read_recipe
+    from harness.models import resolve
+
+    info = resolve(model, build=False)
+    params = TrainParams()  # the GPU recipe: bf16 and gradient checkpointing on
+    recipe = read_recipe(info.path) if Path(info.path).is_dir() else {}
+    for key, value in {
+        **recipe,
+        "lora_r": lora_r,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+    }.items():
+        if value is not None and key != "modules_to_save":
+            setattr(params, key, value)
+    return print_plan(info, params, processes, strategy, qlora)

@@ -283,32 +283,3 @@ def run_training(
         write_atomic(output_dir / TRAIN_MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
     barrier()
     return result
-
-
-def dry_run(
-    model: str,
-    *,
-    processes: int = 1,
-    strategy: str | None = None,
-    qlora: bool = False,
-    lora_r: int | None = None,
-    batch_size: int | None = None,
-    grad_accum: int | None = None,
-):
-    """Print the training plan for GPUs (harness.plan) without loading any weight; returns the Plan."""
-    from backends.trl.recipe import TrainParams, read_recipe
-    from harness.models import resolve
-    from harness.plan import print_plan
-
-    info = resolve(model, build=False)
-    params = TrainParams()  # the GPU recipe: bf16 and gradient checkpointing on
-    recipe = read_recipe(info.path) if Path(info.path).is_dir() else {}
-    for key, value in {
-        **recipe,
-        "lora_r": lora_r,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-    }.items():
-        if value is not None and key != "modules_to_save":
-            setattr(params, key, value)
-    return print_plan(info, params, processes, strategy, qlora)

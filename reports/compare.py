@@ -27,9 +27,9 @@ import pandas as pd
 from scipy import stats
 
 from harness.core.errors import HarnessError
+from harness.core.run import Run, read_run, why_incomplete
 from harness.core.schema import MetricSpec
 from harness.core.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
-from harness.core.store import Run, read_run, why_incomplete
 
 __all__ = ["N_BOOT", "SEED", "Run", "bootstrap_means", "read_run", "why_incomplete"]
 

@@ -26,8 +26,8 @@ from PIL import Image
 
 import backends.api as api
 from harness.core.errors import HarnessError
+from harness.core.run import read_run
 from harness.core.schema import ModelInfo
-from harness.core.store import read_run
 from harness.models import resolve
 from harness.runner import run_eval
 

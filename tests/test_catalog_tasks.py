@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.core.errors import HarnessError
-from harness.core.store import load_run
+from harness.core.run import load_run
 from tasks import get_task, list_tasks
 
 REPO = Path(__file__).resolve().parents[1]

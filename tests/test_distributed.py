@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.run import load_run
 from harness.core.schema import TRAIN_MANIFEST_FILE, TrainManifest
-from harness.core.store import load_run, rank_files, read_records
+from harness.core.store import rank_files, read_records
 from harness.distributed import shard
 
 pytestmark = pytest.mark.slow

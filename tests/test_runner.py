@@ -12,8 +12,8 @@ from PIL import Image
 
 import backends.hf
 from harness.core.errors import HarnessError
+from harness.core.run import load_run
 from harness.core.schema import DataInfo, FieldInfo, MetricSpec, MetricValue, Record, Sample
-from harness.core.store import load_run
 from harness.models import resolve
 from harness.runner import run_eval
 from tasks.base import TaskData

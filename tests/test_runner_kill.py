@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_runner import FakeTask  # tests/ is on sys.path
 
-from harness.core.store import load_run
+from harness.core.run import load_run
 from harness.models import resolve
 from harness.runner import run_eval
 

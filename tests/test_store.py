@@ -7,6 +7,7 @@ import os
 import pytest
 
 from harness.core.errors import HarnessError
+from harness.core.run import load_run
 from harness.core.schema import (
     DataInfo,
     GenerationInfo,
@@ -16,7 +17,7 @@ from harness.core.schema import (
     RunConfig,
     RunMetrics,
 )
-from harness.core.store import RunStore, load_run, read_records, run_key, write_atomic
+from harness.core.store import RunStore, read_records, run_key, write_atomic
 
 
 def config(**changes) -> RunConfig:

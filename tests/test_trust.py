@@ -11,8 +11,9 @@ from test_runner import FakeTask, outputs, run
 
 import backends.hf
 from harness.core.errors import HarnessError
+from harness.core.run import load_run
 from harness.core.schema import ModelInfo
-from harness.core.store import RunStore, load_run
+from harness.core.store import RunStore
 from harness.identity import content_hash, hub_commit, pin
 from harness.models import resolve
 
