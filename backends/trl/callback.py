@@ -72,13 +72,13 @@ class GenerationEvalCallback(TrainerCallback):
 class CompactProgress(ProgressCallback):
     """Trainer's progress bar, with one short line per logging step instead of a raw dict."""
 
-    SHOWN = ("loss", "grad_norm", "learning_rate")
+    SHOWN = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr"}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
         parts = [f"step {state.global_step}/{state.max_steps}"]
-        parts += [f"{k.removeprefix('learning_')} {v:.3g}" for k, v in logs.items() if k in self.SHOWN]
+        parts += [f"{self.SHOWN[k]} {v:.3g}" for k, v in logs.items() if k in self.SHOWN]
         parts += [f"{k.removeprefix('eval_')} {v:.3g}" for k, v in logs.items() if k.startswith("eval_")]
         if len(parts) > 1:
             self.training_bar.write("  ".join(parts))
