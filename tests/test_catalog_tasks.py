@@ -261,6 +261,7 @@ def test_dbq_revision_is_pinned_where_known_else_resolved_and_recorded(tmp_path,
         loaded.append((repo, revision))
         rows = [{"product_code": i, "title": f"Bag {i}", "category3_code": "BAGS", "full_price": 1000.0 + i,
                  "currency_code": "CAD", "imageurl": f"{base}/img/{i}.png"} for i in range(40)]  # fmt: skip
+        rows[3]["category3_code"] = "N.A."  # how sibling DBQ catalogs write a missing category
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -268,6 +269,7 @@ def test_dbq_revision_is_pinned_where_known_else_resolved_and_recorded(tmp_path,
         data = get_task("dbq:Gucci.Canada").load("hub", "test", cache_dir=tmp_path)
         assert loaded == [("DBQ/Gucci.Product.prices.Canada", sha)] and data.info.revision == sha
         assert data.info.units == {"price": "CAD"} and data.samples
+        assert data.info.n_filtered == 1 and "3" not in {s.id for s in data.samples}  # no label: out, counted
         calls.clear()
         pinned = get_task("dbq:Burberry.United.States")
         assert pinned.config.data.revision == "2d90840b90ebbbf6b4a1ba8b72252fd5bbe51230"
