@@ -245,18 +245,9 @@ class CatalogTask:
     def default_source(self) -> str:
         return self.data.default_source()
 
-    def load(
-        self,
-        source: str | None = None,
-        split: str = "test",
-        *,
-        limit: int | None = None,
-        cache_dir: Path | None = None,
-    ) -> TaskData:
-        """``split`` of ``source`` ("hub", "synthetic" or a table's path; None: the config's own)."""
-        return self._with_shots(
-            self.data.load(source, split, limit=limit, cache_dir=cache_dir), source, cache_dir
-        )
+    def load(self, source: str | None = None, split: str = "test", **options) -> TaskData:
+        """``split`` of ``source`` (tasks.data.CatalogData.load: limit, cache_dir), few-shot examples picked."""
+        return self._with_shots(self.data.load(source, split, **options), source, options.get("cache_dir"))
 
     def preview(self, source: str | None = None, n: int = 3) -> list[tuple[int, Truth | str]]:
         """The first ``n`` rows the task keeps (for `harness task check`)."""

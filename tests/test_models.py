@@ -129,3 +129,14 @@ def test_listing_models_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+def test_resolving_a_built_tiny_model_does_not_import_torch():
+    """A finished re-run resolves its model before anything else: no torch import for that."""
+    resolve("tiny-phi3v")  # built in this session's cache
+    code = (
+        "import sys; from harness.models import resolve; resolve('tiny-phi3v'); print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"

@@ -214,3 +214,17 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+def _register() -> None:
+    """Let AutoConfig / AutoModelForCausalLM resolve "phi3_v" natively (no trust_remote_code)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register("phi3_v", Phi3VConfig, exist_ok=True)
+        AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
+    except (ValueError, TypeError):  # a transformers that ships its own phi3_v keeps it
+        pass
+
+
+_register()
