@@ -50,11 +50,7 @@ def harness(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def _ids(config: dict) -> list[str]:
     """The evaluated sample ids, from a run's data manifest (the bare loop takes the same images)."""
-    return (
-        json.loads(Path(config["data"]["manifest"]).read_text())["ids"]
-        if "ids" in json.loads(Path(config["data"]["manifest"]).read_text())
-        else [s["id"] for s in json.loads(Path(config["data"]["manifest"]).read_text())["samples"]]
-    )
+    return [s["id"] for s in json.loads(Path(config["data"]["manifest"]).read_text())["samples"]]
 
 
 def matmul_tflops(device: str) -> float:

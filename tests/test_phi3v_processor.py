@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backends.phi3v.processing import CLIP_MEAN, CLIP_STD, Phi3VProcessor
+from backends.phi3v.processing import CLIP_MEAN, CLIP_STD, STOP_TOKEN_IDS, Phi3VProcessor
 
 HUB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "phi3v-hub-files"
 if not HUB.exists():
@@ -175,8 +175,8 @@ def test_bad_input_is_a_clear_error(proc):
 def test_batch_decode_drops_image_ids_and_stop_tokens(proc):
     ids = torch.tensor([[-1, -1, 1, 22172, 32007, 32000]])
     assert proc.batch_decode(ids) == ["hello"]
-    assert set(proc.stop_token_ids) == {32007, 32000}
-    assert proc.tokenizer.convert_ids_to_tokens(list(proc.stop_token_ids)) == ["<|end|>", "<|endoftext|>"]
+    assert set(STOP_TOKEN_IDS) == {32007, 32000}
+    assert proc.tokenizer.convert_ids_to_tokens(list(STOP_TOKEN_IDS)) == ["<|end|>", "<|endoftext|>"]
 
 
 def test_save_and_load_round_trip(proc, tmp_path):

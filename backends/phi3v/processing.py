@@ -67,8 +67,6 @@ def hd_transform(image: Image.Image, num_crops: int, crop_size: int) -> Image.Im
 class Phi3VProcessor:
     """`processor(text, images)` -> input_ids (image slots negative), attention_mask, pixel_values, image_sizes."""
 
-    stop_token_ids = STOP_TOKEN_IDS
-
     def __init__(
         self,
         tokenizer,
