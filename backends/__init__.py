@@ -1,4 +1,5 @@
-"""Backend registry: one module per backend, imported only when asked for (torch is slow to import)."""
+"""Backends: who answers (and learns). One module per backend, imported only when asked for (torch is
+slow to import); which one runs a model is its family's choice (backends/families)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,8 @@ from types import ModuleType
 
 from harness.core.errors import HarnessError
 
-# name -> module exposing ``load_generator(model_info, device=None, dtype=None)``.
+# name -> module exposing ``load_generator(model_info, *, device, dtype) -> Generator``.
 BACKENDS: dict[str, str] = {"hf": "backends.hf", "api": "backends.api"}
-
-
-def backend_for(family: str) -> str:
-    """The backend that runs a model of this family: served models over HTTP, all others in-process."""
-    return "api" if family == "api" else "hf"
 
 
 def get_backend(name: str) -> ModuleType:

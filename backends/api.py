@@ -1,10 +1,10 @@
 """Served models: an OpenAI-compatible chat-completions server answers (vLLM, SGLang, TGI...).
 
-Prompts and images in, text out, over ``POST {endpoint}/chat/completions`` through the ``openai``
-client, which owns the timeouts and the retries (exponential backoff on connection errors, 408, 409,
-429 and 5xx, honouring ``Retry-After``). A batch's requests go out in parallel, at most
-``concurrency`` in flight; answers come back in prompt order. A request that still fails after the
-client's retries raises, so that the caller can tell which sample it was.
+Requests in, text out, over ``POST {endpoint}/chat/completions`` through the ``openai`` client,
+which owns the timeouts and the retries (exponential backoff on connection errors, 408, 409, 429 and
+5xx, honouring ``Retry-After``). The generation loop keeps ``concurrency`` requests in flight (the
+client is thread-safe). A request that still fails after the client's retries raises, so that the
+caller can tell which sample it was.
 
 The API key comes from the environment only (``HARNESS_API_KEY``, else ``OPENAI_API_KEY``, else
 "EMPTY", which local servers accept) and lives only inside the HTTP client: it is in no ModelInfo,
@@ -19,11 +19,10 @@ import io
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from backends.base import Generation
-from harness.core.errors import HarnessError
+from backends.base import Generation, GenerationRequest
+from harness.core.errors import HarnessError, one_line
 from harness.core.schema import ModelInfo
 
 if TYPE_CHECKING:
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 # Defaults; the environment overrides them per process (HARNESS_API_TIMEOUT, HARNESS_API_RETRIES).
 TIMEOUT_S = 120.0  # per request (a long answer on a busy server takes a while)
 MAX_RETRIES = 5  # the client's own retries with backoff, after the first try
-DEFAULT_CONCURRENCY = 8
 KEY_VARIABLES = ("HARNESS_API_KEY", "OPENAI_API_KEY")
 NO_KEY = "EMPTY"  # what vLLM, SGLang, TGI and `transformers serve` accept when started without a key
 # What a server reports about a model that changes between two identical calls: vLLM, SGLang and TGI
@@ -79,33 +77,24 @@ def _client(endpoint: str):
     )
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    text = lines[0] if lines else type(err).__name__
-    cause = err.__cause__ or err.__context__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:  # "Connection error."
-        text += f" ({str(cause).strip().splitlines()[0]})"
-    return text
-
-
 def served_models(endpoint: str) -> list[dict]:
     """What ``GET {endpoint}/models`` reports, one dict per served model (only the fields it sent)."""
     openai = _openai()
     try:
         return [model.to_dict() for model in _client(endpoint).models.list()]
     except openai.APIConnectionError as err:  # refused, unresolvable, timed out (after the retries)
-        raise HarnessError(f"cannot reach the model server at {endpoint}: {_one_line(err)}") from err
+        raise HarnessError(f"cannot reach the model server at {endpoint}: {one_line(err)}") from err
     except openai.APIStatusError as err:
         hint = (
             f" (the key comes from ${' or $'.join(KEY_VARIABLES)})" if err.status_code in (401, 403) else ""
         )
         raise HarnessError(
             f"the model server at {endpoint} answered GET /models with HTTP {err.status_code}: "
-            f"{_one_line(err)}{hint}"
+            f"{one_line(err)}{hint}"
         ) from err
     except (openai.OpenAIError, ValueError, TypeError) as err:  # not an OpenAI-compatible answer
         raise HarnessError(
-            f"{endpoint}/models: not an OpenAI-compatible model list: {_one_line(err)}"
+            f"{endpoint}/models: not an OpenAI-compatible model list: {one_line(err)}"
         ) from err
 
 
@@ -169,14 +158,12 @@ def with_images(messages: list[dict], images: list[Image.Image]) -> list[dict]:
 
 
 class APIGenerator:
-    """Greedy answers of a served model; ``concurrency`` requests in flight at most."""
+    """Greedy answers of a served model."""
 
     device = "server"
     dtype = "server"
 
-    def __init__(self, info: ModelInfo, concurrency: int = DEFAULT_CONCURRENCY):
-        if concurrency < 1:
-            raise HarnessError(f"--concurrency must be >= 1, got {concurrency}")
+    def __init__(self, info: ModelInfo):
         if not info.endpoint:
             raise HarnessError(
                 f"model {info.name!r}: a served model needs an endpoint (openai:<model>@<url>)"
@@ -184,12 +171,11 @@ class APIGenerator:
         self.info = info
         self.model = info.path  # the served model's name, as the server lists it
         self.endpoint = info.endpoint
-        self.concurrency = concurrency
         self._client = _client(info.endpoint)  # holds the API key: never serialised
         self._send_seed = True  # until the server refuses it
 
     def __repr__(self) -> str:
-        return f"APIGenerator({self.model!r} at {self.endpoint}, concurrency={self.concurrency})"
+        return f"APIGenerator({self.model!r} at {self.endpoint})"
 
     def __getstate__(self):
         raise TypeError("an APIGenerator holds an API client (and its key): it is not pickled")
@@ -212,29 +198,18 @@ class APIGenerator:
         allows more than needed, and a model stops at its end token anyway."""
         return len(text.encode("utf-8"))
 
-    def generate(
-        self, prompts: list[str], images: list[list[Image.Image]], max_new_tokens: int
-    ) -> list[Generation]:
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
-        if len(prompts) <= 1 or self.concurrency == 1:
-            return [self._answer(p, ims, max_new_tokens) for p, ims in zip(prompts, images, strict=True)]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            futures = [
-                pool.submit(self._answer, p, ims, max_new_tokens)
-                for p, ims in zip(prompts, images, strict=True)
-            ]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:  # one failed: the batch is retried one by one by the caller
-                    future.cancel()
-                raise
+    def release_memory(self) -> None:
+        """The server manages its own memory."""
 
-    def _answer(self, prompt: str, images: list[Image.Image], max_new_tokens: int) -> Generation:
-        messages = with_images(json.loads(prompt), images)
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """The answers, one request after another: the generation loop keeps several calls of this in
+        flight (``--concurrency``, harness/generation.py), so no batch waits on its slowest request."""
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: GenerationRequest) -> Generation:
+        messages = with_images(request.messages, request.images)
         t0 = time.perf_counter()
-        response = self._create(messages, max_new_tokens)
+        response = self._create(messages, request.max_new_tokens)
         latency = time.perf_counter() - t0
         if not response.choices:
             raise RuntimeError(f"{self.endpoint}: an answer without choices")
@@ -244,7 +219,8 @@ class APIGenerator:
         usage = response.usage
         n_tokens = getattr(usage, "completion_tokens", None)
         if n_tokens is None:  # no usage reported: the budget when cut, else an upper bound
-            n_tokens = max_new_tokens if stop == "length" else min(self.count_tokens(text), max_new_tokens)
+            budget = request.max_new_tokens
+            n_tokens = budget if stop == "length" else min(self.count_tokens(text), budget)
         return Generation(text, n_tokens, stop, latency, getattr(usage, "prompt_tokens", None))
 
     def _create(self, messages: list[dict], max_new_tokens: int):
@@ -260,11 +236,6 @@ class APIGenerator:
         return self._client.chat.completions.create(**request)
 
 
-def load_generator(
-    model_info: ModelInfo,
-    device: str | None = None,
-    dtype: Any = None,
-    concurrency: int | None = DEFAULT_CONCURRENCY,
-) -> APIGenerator:
+def load_generator(model_info: ModelInfo, *, device: str | None = None, dtype: Any = None) -> APIGenerator:
     """A generator for ``openai:<model>@<url>``; ``device`` and ``dtype`` are the server's business."""
-    return APIGenerator(model_info, concurrency or DEFAULT_CONCURRENCY)
+    return APIGenerator(model_info)

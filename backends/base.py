@@ -1,8 +1,9 @@
-"""The Generator protocol: who answers. Backends know nothing about any task."""
+"""What crosses the generator boundary: one request in (messages, their images, how to generate),
+one Generation out. Backends know nothing about any task."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -14,6 +15,32 @@ RECIPE_FILE = "harness-recipe.json"
 
 
 @dataclass(frozen=True)
+class GenerationRequest:
+    """One conversation to answer, greedily.
+
+    ``messages`` are in the Hugging Face chat format; their image parts (``{"type": "image", ...}``)
+    are shown, in order, as ``images``. ``min_new_tokens`` is for speed benchmarks only (end tokens
+    are ignored until then).
+    """
+
+    messages: list[dict]
+    images: list[Image.Image] = field(default_factory=list)
+    max_new_tokens: int = 64
+    min_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        shown = sum(
+            1
+            for m in self.messages
+            if isinstance(m.get("content"), list)
+            for part in m["content"]
+            if isinstance(part, dict) and part.get("type") == "image"
+        )
+        if shown != len(self.images):
+            raise ValueError(f"the messages show {shown} images but {len(self.images)} were given")
+
+
+@dataclass(frozen=True)
 class Generation:
     """One answer, with how it ended: "length" means it was cut at max_new_tokens (truncated)."""
 
@@ -21,17 +48,20 @@ class Generation:
     n_tokens: int  # generated tokens, the end token included
     stop: Literal["end", "length"]
     latency_s: float | None = None  # this answer's own time (a served model answers requests in parallel)
-    prompt_tokens: int | None = None  # as a server reports its usage
+    prompt_tokens: int | None = None
 
 
 class Generator(Protocol):
-    def render(self, messages: list[dict]) -> str:
-        """The exact prompt text the model sees for these chat messages (generation prompt added)."""
+    device: str  # where it runs ("cpu", "cuda:0", "server")
 
-    def generate(
-        self, prompts: list[str], images: list[Image.Image], max_new_tokens: int
-    ) -> list[Generation]:
-        """Greedy answers, one per (prompt, image) pair; must not depend on how many are passed at once."""
+    def render(self, messages: list[dict]) -> str:
+        """The prompt as the model sees it (recorded with each answer)."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """One answer per request, in order; must not depend on how many are passed at once."""
 
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` is as an answer (sizes the generation budget)."""
+
+    def release_memory(self) -> None:
+        """After an out-of-memory error: give cached memory back before a smaller batch."""

@@ -1,50 +1,31 @@
-"""Transformers inference for any image-text model: greedy, batched, left-padded.
+"""Transformers inference for any image-text model: the one loader, and greedy batched generation.
 
-Loads a hub id or a local directory through the Auto classes (or the native Phi-3-Vision backend),
-optionally with a peft LoRA adapter on top. Knows nothing about any task: prompts and images in,
-text out. The caller (harness.models) has already applied the remote-code policy.
+Loads a hub id or a local directory the way its family says (backends/families: native code or the
+Auto classes), optionally with a peft LoRA adapter on top. Knows nothing about any task: requests
+in, text out. The caller (harness.models) has already applied the remote-code policy.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from backends.base import Generation
+from backends.base import Generation, GenerationRequest
+from backends.devices import pick_device, pick_dtype
+from backends.families import (
+    GENERIC,
+    Family,
+    check_supported,
+    family_for_model_type,
+    family_of,
+    get_family,
+    model_type_of_dir,
+)
 from harness.core.errors import HarnessError
 from harness.core.schema import ModelInfo
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-# Kept out of 4-bit quantisation whatever the family: the image path (a frozen vision tower
-# quantised to NF4 loses the image) and the output head.
-NOT_QUANTIZED = ["vision_embed_tokens", "vision_tower", "vision_model", "multi_modal_projector", "img_projection", "lm_head"]  # fmt: skip
 QUANTIZATIONS = (None, "nf4")
-
-
-def pick_device(device: str | None = None) -> str:
-    import torch
-
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise HarnessError(f"--device {device}: no CUDA device is available")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, dtype: Any = None):
-    """bf16 on a GPU, fp32 on a CPU (bf16 matmuls on CPU are slow and change greedy outputs)."""
-    import torch
-
-    if dtype is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise HarnessError(f"unknown dtype {dtype!r}; use e.g. float32, bfloat16 or float16")
-        return getattr(torch, dtype)
-    return dtype
 
 
 def check_quantization(quantization: str | None, device: str) -> None:
@@ -63,7 +44,7 @@ def check_quantization(quantization: str | None, device: str) -> None:
         raise HarnessError("4-bit (--qlora) needs bitsandbytes: pip install bitsandbytes") from err
 
 
-def _quantization_config(quantization: str | None):
+def _quantization_config(quantization: str | None, family: Family):
     if quantization is None:
         return None
     import torch
@@ -74,20 +55,18 @@ def _quantization_config(quantization: str | None):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=NOT_QUANTIZED,  # the skip list applies to 4-bit too
+        llm_int8_skip_modules=list(family.not_quantized),  # the skip list applies to 4-bit too
     )
 
 
-def _is_phi3v(info: ModelInfo) -> bool:
-    if info.family == "phi3v":
-        return True
-    if not Path(info.path).is_dir():
-        return False
-    try:
-        from backends.phi3v import is_phi3v_dir
-    except ImportError:
-        return False
-    return bool(is_phi3v_dir(Path(info.path)))
+def model_family(info: ModelInfo) -> Family:
+    """The family that loads ``info``: its own, or for the generic one, what a local checkpoint's
+    config says it is (a hub checkpoint's config is read by the Auto classes when it loads)."""
+    family = get_family(info.family)
+    if family.name == GENERIC and Path(info.path).is_dir():
+        family = family_for_model_type(model_type_of_dir(info.path))
+    check_supported(family, f"model {info.name!r}")
+    return family
 
 
 def _auto_class(info: ModelInfo):
@@ -113,45 +92,57 @@ def load_model_and_processor(
 ):
     """The one model loader (evaluation, training, QLoRA, export): ``(model, processor, device)``.
 
-    Options are data: the model's own (attention implementation, num_crops, revision, remote code)
-    in ``model_info``; the run's here. Weights load straight onto ``device`` (no host staging of a
-    GPU model); ``quantization="nf4"`` keeps the vision tower, projector and head out of 4-bit.
+    Options are data: the model's own (family, attention implementation, num_crops, revision, remote
+    code) in ``model_info``; the run's here. Weights load straight onto ``device`` (no host staging
+    of a GPU model); ``quantization="nf4"`` keeps the family's image path and the head out of 4-bit.
     ``load_adapter=False`` returns the bare base even when ``model_info.adapter`` is set.
     """
     device = pick_device(device)
-    torch_dtype = pick_dtype(device, dtype)
     check_quantization(quantization, device)
+    family = model_family(model_info)
     common = {
-        "dtype": torch_dtype,
+        "dtype": pick_dtype(device, dtype),
         "attn_implementation": model_info.attn_implementation,
         "device_map": {"": device},
-        "quantization_config": _quantization_config(quantization),
+        "quantization_config": _quantization_config(quantization, family),
     }
     source = model_info.path
     try:
-        if _is_phi3v(model_info) and not model_info.trust_remote_code:
-            from backends import phi3v
-
+        if family.load is not None and not model_info.trust_remote_code:
             local = source if Path(source).is_dir() else _download(source, model_info.revision)
-            model, processor = phi3v.load(local, num_crops=model_info.num_crops, **common)
+            model, processor = family.load(local, num_crops=model_info.num_crops, **common)
         else:
-            from transformers import AutoProcessor
-
-            kwargs: dict[str, Any] = {"revision": model_info.revision}
-            if model_info.trust_remote_code:
-                kwargs["trust_remote_code"] = True
-            extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
-            processor = AutoProcessor.from_pretrained(source, **kwargs, **extra)
-            model, loading = _auto_class(model_info).from_pretrained(
-                source, output_loading_info=True, **common, **kwargs
-            )
-            _warn_missing(model_info, loading)
+            model, processor = _load_auto(model_info, common)
     except (OSError, ValueError) as err:  # hub errors (offline, missing repo) are OSErrors too
         raise HarnessError(f"cannot load model {model_info.name!r} from {source!r}: {err}") from err
+    check_supported(family_of(model), f"model {model_info.name!r}")
     if load_adapter and model_info.adapter:
         model = _with_adapter(model, model_info.adapter)
     model.eval()
     return model, processor, device
+
+
+def _load_auto(model_info: ModelInfo, common: dict[str, Any]):
+    from transformers import AutoProcessor
+
+    kwargs: dict[str, Any] = {"revision": model_info.revision}
+    if model_info.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
+    try:
+        processor = AutoProcessor.from_pretrained(model_info.path, **kwargs, **extra)
+    except ImportError as err:
+        if "torchvision" not in str(err).lower():
+            raise
+        raise HarnessError(
+            f"model {model_info.name!r}: its processor needs torchvision (its video half does, even for "
+            "images): install the torchvision build that matches your torch"
+        ) from err
+    model, loading = _auto_class(model_info).from_pretrained(
+        model_info.path, output_loading_info=True, **common, **kwargs
+    )
+    _warn_missing(model_info, loading)
+    return model, processor
 
 
 def _warn_missing(model_info: ModelInfo, loading: dict) -> None:
@@ -185,33 +176,21 @@ def _with_adapter(model, adapter: str):
 class HFGenerator:
     """Greedy batched generation; outputs do not depend on the batch size (left padding + masks)."""
 
-    def __init__(self, model, processor, device: str, info: ModelInfo | None = None):
+    def __init__(self, model, processor, device: str):
         self.model = model
         self.processor = processor
         self.device = device
-        self.info = info
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.dtype = next(model.parameters()).dtype
-        self.stop_ids = self._stop_ids()
-        self.min_new_tokens: int | None = None  # benchmarks: every answer runs to the budget
+        self.stop_ids = stop_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.stop_ids[0]
-
-    def _stop_ids(self) -> list[int]:
-        """The model's own end tokens: its generation config (set per family when it is built or
-        loaded, e.g. Phi-3-Vision's <|end|> and <|endoftext|>) and its tokenizer's eos."""
-        eos = self.model.generation_config.eos_token_id
-        ids = list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return list(dict.fromkeys(ids))
 
     def render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def release_memory(self) -> None:
-        """After an out-of-memory error: hand the allocator's cached blocks back before a smaller batch."""
         import torch
 
         if str(self.device).startswith("cuda"):
@@ -220,19 +199,23 @@ class HFGenerator:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(
-        self, prompts: list[str], images: list[list[Image.Image]], max_new_tokens: int
-    ) -> list[Generation]:
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         import torch
 
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
-        if not prompts:
+        if not requests:
             return []
-        images = [im for per_prompt in images for im in per_prompt]  # the processor takes them in order
+        settings = {(r.max_new_tokens, r.min_new_tokens) for r in requests}
+        if len(settings) > 1:
+            raise ValueError(f"one batch, one generation setting: got {sorted(settings, key=str)}")
+        ((max_new_tokens, min_new_tokens),) = settings
+        images = [list(r.images) for r in requests]  # one list per prompt: a prompt may show several
         # No truncation, ever: cutting a prompt could cut into its image tokens.
         inputs = self.processor(
-            text=list(prompts), images=list(images), padding=True, padding_side="left", return_tensors="pt"
+            text=[self.render(r.messages) for r in requests],
+            images=images if any(images) else None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
         )
         inputs = {
             k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
@@ -246,7 +229,7 @@ class HFGenerator:
                 do_sample=False,
                 num_beams=1,
                 max_new_tokens=max_new_tokens,
-                min_new_tokens=self.min_new_tokens,
+                min_new_tokens=min_new_tokens,
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_id,
             )
@@ -266,6 +249,19 @@ class HFGenerator:
         return results
 
 
-def load_generator(model_info: ModelInfo, device: str | None = None, dtype: Any = None) -> HFGenerator:
+def stop_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the model's generation config (its eos; a native loader sets the
+    family's there), the family's declared stop tokens and the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else []
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in family_of(model).stop_tokens if token in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
+def load_generator(model_info: ModelInfo, *, device: str | None = None, dtype: Any = None) -> HFGenerator:
+    """A generator of ``model_info`` in this process."""
     model, processor, device = load_model_and_processor(model_info, device, dtype)
-    return HFGenerator(model, processor, device, model_info)
+    return HFGenerator(model, processor, device)

@@ -1,9 +1,11 @@
-"""A deterministic tiny vision-language model, built offline for tests and benchmarks.
+"""Deterministic tiny vision-language models, built offline for tests and benchmarks.
 
-It is a native transformers architecture (Llava: CLIP vision tower + Llama text model) with a
-byte-level BPE tokenizer trained on a given corpus and a Phi-3 style chat template, saved with
-``save_pretrained`` so that it loads through exactly the same code path as any real model.
-Random weights: its answers are nonsense until trained, but every code path is real.
+Each is a native transformers architecture at toy size with a byte-level BPE tokenizer trained on a
+given corpus (carrying the family's special tokens and a chat template in its format), saved with
+``save_pretrained`` so that it loads through exactly the same code path as a real checkpoint.
+Random weights: the answers are nonsense until trained, but every code path is real. This module
+holds what the tiny builders share and ``tiny`` itself (Llava: CLIP vision tower + Llama text
+model, Phi-3 chat format); each family's own tiny model is built in its family module.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from backends.base import RECIPE_FILE
@@ -59,30 +61,102 @@ def is_built(path: Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def _tokenizer(corpus: Iterable[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(
+    corpus: Iterable[str],
+    special_tokens: list[str],
+    *,
+    chat_template: str,
+    eos: str,
+    pad: str,
+    named: dict[str, str] | None = None,
+    bos: str | None = None,
+    add_bos: bool = False,
+    vocab_size: int = VOCAB_SIZE,
+):
+    """A byte-level BPE tokenizer trained offline on ``corpus`` (sorted and de-duplicated, so the same
+    corpus in any order gives the same tokenizer), with a family's special tokens, its named tokens
+    (e.g. ``{"image_token": "<image>"}``, read by its processor) and its chat template. ``add_bos``:
+    the tokenizer itself starts every text with ``bos`` (Llama/Mistral style; else a template may)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Sorted, de-duplicated lines: the same corpus in any order trains the same tokenizer.
     tok.train_from_iterator(sorted(set(corpus)), trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<|end|>",
+        pad_token=pad,
+        eos_token=eos,
+        bos_token=bos,
         unk_token=None,
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        chat_template=CHAT_TEMPLATE,
+        extra_special_tokens=named or {},
+        chat_template=chat_template,
         padding_side="left",
     )
+
+
+# The toy sizes every tiny family shares: big enough that batching pays off and a short LoRA learns
+# the catalog's answer format, small enough that a test builds, trains and evaluates in seconds.
+TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 2048, "tie_word_embeddings": False}  # fmt: skip
+VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def finish_tiny(path: Path, model, processor, *, eos: list[int], pad: int, bos: int | None = None) -> Path:
+    """Set the tiny model's generation tokens (greedy, stops at the family's end tokens) and save it
+    with its processor and the tiny recipe (:func:`save_built`)."""
+    model.generation_config.eos_token_id = eos if len(eos) > 1 else eos[0]
+    model.generation_config.pad_token_id = pad
+    model.generation_config.bos_token_id = bos
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        write_recipe(directory)
+
+    return save_built(path, save)
+
+
+def seeded(build: Callable[[], object]):
+    """``build()`` under the tiny models' fixed torch seed, without touching the caller's RNG."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        return build().eval()
+
+
+def save_built(path: Path, save: Callable[[Path], None], marker: str = MARKER) -> Path:
+    """Write a built model through ``save(directory)`` beside ``path`` and rename it into place with
+    ``marker`` written last: a killed build never leaves a directory that looks complete, and of two
+    processes building the same model, the first to finish wins (the builds are identical)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save(tmp)
+    (tmp / marker).write_text("ok\n")
+    if not (path / marker).is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / marker).is_file():
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def build_tiny(path: Path, corpus: Iterable[str]) -> Path:
@@ -100,7 +174,10 @@ def build_tiny(path: Path, corpus: Iterable[str]) -> Path:
         LlavaProcessor,
     )
 
-    tokenizer = _tokenizer(corpus)
+    tokenizer = train_tokenizer(
+        corpus, SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE, eos="<|end|>", pad="<pad>",
+        named={"image_token": IMAGE_TOKEN},
+    )  # fmt: skip
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     n_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
     vision = CLIPVisionConfig(
@@ -152,20 +229,10 @@ def build_tiny(path: Path, corpus: Iterable[str]) -> Path:
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
     )
-    # Built beside the target and renamed into place: a killed build leaves no half-built model there.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    write_recipe(tmp)
-    (tmp / MARKER).write_text("ok\n")
-    if not is_built(path):  # another process may have finished first
-        shutil.rmtree(path, ignore_errors=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not is_built(path):
-                raise
-    shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        write_recipe(directory)
+
+    return save_built(path, save)

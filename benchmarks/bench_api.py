@@ -1,7 +1,7 @@
 """Served-model evaluation speed: ``--concurrency 1`` vs ``--concurrency 8`` against ``transformers serve``.
 
 Starts ``transformers serve`` with the tiny model on a loopback port, evaluates the synthetic Burberry
-test split through ``run_eval`` twice (batch size 8, fresh output directories), prints the samples/s
+test split through ``harness.evaluate`` twice (batch size 8, fresh output directories), prints the samples/s
 of each and the ratio, and asserts identical outputs.
 
 ``transformers serve`` generates for an image-text model one request at a time (its continuous
@@ -104,9 +104,8 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HARNESS_CACHE", tempfile.mkdtemp(prefix="bench-api-cache-"))
-    from harness.core.run import read_run
+    from harness.api import evaluate
     from harness.models import resolve
-    from harness.runner import run_eval
 
     model = resolve("tiny").path
     port = free_port()
@@ -121,15 +120,12 @@ def main() -> None:
                 task="burberry", model=f"openai:{model}@http://127.0.0.1:{port}/v1", data="synthetic",
                 limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, quiet=True,
             )  # fmt: skip
-            run_eval(**{**kwargs, "limit": 8}, output_dir=Path(out) / "warm-up", concurrency=args.concurrency)
+            evaluate(**{**kwargs, "limit": 8}, output_dir=Path(out) / "warm-up", concurrency=args.concurrency)
             timings, results = {}, {}
             for concurrency in (1, args.concurrency):
                 t0 = time.perf_counter()
-                run_dir = run_eval(
-                    **kwargs, output_dir=Path(out) / f"c{concurrency}", concurrency=concurrency
-                )
+                run = evaluate(**kwargs, output_dir=Path(out) / f"c{concurrency}", concurrency=concurrency)
                 timings[concurrency] = time.perf_counter() - t0
-                run = read_run(run_dir)
                 assert run.metrics.status == "complete" and run.metrics.n_errors == 0, run.metrics.reason
                 results[concurrency] = {r.id: (r.output, r.n_tokens, r.stop) for r in run.records}
         finally:

@@ -1,7 +1,7 @@
 """Evaluation speed on the tiny model, as ratios measured in one run on one machine.
 
 1. Batched (batch 16) vs one-by-one generation, samples/s, at identical outputs (asserted).
-2. A finished re-run vs the first run of ``run_eval`` (the re-run must not load the model).
+2. A finished re-run vs the first run of ``harness.evaluate`` (the re-run must not load the model).
 
     PYTHONPATH=. python benchmarks/bench_eval.py [--limit N] [--max-new-tokens 64]
 """
@@ -41,30 +41,29 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from backends.base import GenerationRequest
     from backends.hf import load_generator
+    from harness.api import evaluate
     from harness.models import resolve
-    from harness.runner import run_eval
     from tasks import get_task
 
     torch.set_num_threads(args.threads)
     task, info = get_task("burberry"), resolve("tiny")
     samples = task.load("synthetic", "test", limit=args.limit).samples
     generator = load_generator(info, device="cpu")
-    prompts = [generator.render(task.messages(s)) for s in samples]
-    images = [Image.open(s.image).convert("RGB") for s in samples]
-    generator.generate(prompts[:2], images[:2], args.max_new_tokens)  # warm-up
+    asked = [
+        GenerationRequest(task.messages(s), [Image.open(s.image).convert("RGB")], args.max_new_tokens)
+        for s in samples
+    ]
+    generator.generate(asked[:2])  # warm-up
 
     t0 = time.perf_counter()
-    single = [
-        generator.generate([p], [im], args.max_new_tokens)[0] for p, im in zip(prompts, images, strict=True)
-    ]
+    single = [generator.generate([request])[0] for request in asked]
     t_single = time.perf_counter() - t0
     t0 = time.perf_counter()
-    batched: list[str] = []
+    batched = []
     for i in range(0, len(samples), args.batch_size):
-        batched += generator.generate(
-            prompts[i : i + args.batch_size], images[i : i + args.batch_size], args.max_new_tokens
-        )
+        batched += generator.generate(asked[i : i + args.batch_size])
     t_batched = time.perf_counter() - t0
     assert batched == single, "batched outputs differ from one-by-one outputs"
 
@@ -74,10 +73,10 @@ def main() -> None:
             output_dir=Path(out), max_new_tokens=args.max_new_tokens, device="cpu",
         )  # fmt: skip
         t0 = time.perf_counter()
-        run_eval(**kwargs)
+        evaluate(**kwargs)
         t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run_eval(**kwargs)
+        evaluate(**kwargs)
         t_rerun = time.perf_counter() - t0
 
     n = len(samples)
@@ -88,7 +87,7 @@ def main() -> None:
         f"batch {args.batch_size:<4} : {n / t_batched:8.1f} samples/s ({t_batched:.2f} s)  outputs identical"
     )
     print(f"batching speed-up: {t_single / t_batched:.1f}x (target >= 6x)")
-    print(f"first run_eval: {t_first:.2f} s; finished re-run: {t_rerun * 1000:.1f} ms")
+    print(f"first evaluate: {t_first:.2f} s; finished re-run: {t_rerun * 1000:.1f} ms")
     print(f"finished re-run speed-up: {t_first / t_rerun:.0f}x (target >= 100x)")
 
 

@@ -15,23 +15,24 @@ import time
 
 def bench(model_name: str, steps: int, batch_size: int) -> dict:
     from backends.hf import load_model_and_processor
-    from backends.trl import Example, count_params, default_params, train
+    from backends.trl import Example, count_params, default_params, read_recipe, train
     from harness.models import resolve
     from tasks import get_task
 
     task = get_task("burberry")
     samples = task.load("synthetic", "train").samples
     examples = [Example(s.id, task.messages(s), task.target(s), s.image) for s in samples]
-    model, processor, device = load_model_and_processor(resolve(model_name), "cpu", load_adapter=False)
+    info = resolve(model_name)
+    model, processor, device = load_model_and_processor(info, "cpu", load_adapter=False)
     n_params = count_params(model)  # before peft wraps it (modules_to_save adds copies)
-    params = default_params(model, device)
+    params = default_params(
+        model, device, read_recipe(info.path)
+    )  # the model's own recipe, as `harness train`
     params.max_steps, params.batch_size, params.grad_accum = steps, batch_size, 1
     params.eval_every, params.n_eval, params.save_steps = 0, 0, 10**9
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = train(
-            model, processor, examples, [], output_dir=out, metrics_fn=lambda i, o: {}, params=params
-        )
+        result = train(model, processor, examples, [], output_dir=out, params=params, quiet=True)
         wall = time.perf_counter() - start
     return {
         "model": model_name,

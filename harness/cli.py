@@ -1,7 +1,7 @@
 """The `harness` command line: one function per subcommand, heavy imports inside the functions.
 
-Over 300 lines on purpose: it is the option declarations of eight subcommands, each calling one
-function of the library (harness.api, reports.report) and nothing more.
+Each command declares its options for typer (their help and defaults come from harness.options)
+and calls one function of the library (harness.api, reports.compare) with them.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from typing import Annotated
 
 import typer
 
+from harness.options import EvalOptions, TrainOptions
 from tasks import DEFAULT_TASK  # a name only: importing it loads no task
 
-# Options several commands share, defined once.
-DataOption = Annotated[
-    str | None, typer.Option(help="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's).")
-]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when available).")]
+# Options several commands share, defined once (the rest are EvalOptions' and TrainOptions' fields).
 ProcessesOption = Annotated[
     int, typer.Option(help="Data-parallel processes on this node (torchrun; one per GPU). 1: this process.")
 ]
@@ -149,72 +146,54 @@ def models_cmd() -> None:
         typer.echo(f"{name:<16} {description}")
 
 
+def _help(options: type, name: str) -> str:
+    return options.help_for(name)
+
+
+def _values(options: type, given: dict) -> dict:
+    """The command's parameters that are fields of ``options``, as typed."""
+    return {k: v for k, v in given.items() if k in options.model_fields}
+
+
+E, T = EvalOptions(), TrainOptions()  # the defaults the commands show
+
+
 @app.command("run")
 def run_cmd(
     task: TaskOption = DEFAULT_TASK,
     model: Annotated[str, typer.Option(help="Named model, alias, hub id or local path.")] = "base",
-    data: DataOption = None,
-    prompt: Annotated[str, typer.Option(help="default | instructed | few-shot.")] = "default",
-    split: Annotated[str, typer.Option(help="train | validation | test.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size (outputs do not depend on it).")] = 8,
-    output_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
-    fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming.")] = False,
+    data: Annotated[str | None, typer.Option(help=_help(EvalOptions, "data"))] = E.data,
+    prompt: Annotated[str, typer.Option(help=_help(EvalOptions, "prompt"))] = E.prompt,
+    split: Annotated[str, typer.Option(help=_help(EvalOptions, "split"))] = E.split,
+    limit: Annotated[int | None, typer.Option(help=_help(EvalOptions, "limit"))] = E.limit,
+    batch_size: Annotated[int, typer.Option(help=_help(EvalOptions, "batch_size"))] = E.batch_size,
+    output_dir: Annotated[Path, typer.Option(help=_help(EvalOptions, "output_dir"))] = E.output_dir,
+    fresh: Annotated[bool, typer.Option("--fresh", help=_help(EvalOptions, "fresh"))] = E.fresh,
     max_new_tokens: Annotated[
-        int | None,
-        typer.Option(help="Generation budget per sample (default: the task's longest target + 25 % + 8)."),
-    ] = None,
+        int | None, typer.Option(help=_help(EvalOptions, "max_new_tokens"))
+    ] = E.max_new_tokens,
     max_error_rate: Annotated[
-        float, typer.Option(help="Above this share of errored samples the run is incomplete (exit 1).")
-    ] = 0.05,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU).")
-    ] = None,
-    revision: Annotated[str | None, typer.Option(help="Model revision (hub ids).")] = None,
+        float, typer.Option(help=_help(EvalOptions, "max_error_rate"))
+    ] = E.max_error_rate,
+    dtype: Annotated[str | None, typer.Option(help=_help(EvalOptions, "dtype"))] = E.dtype,
+    revision: Annotated[str | None, typer.Option(help=_help(EvalOptions, "revision"))] = E.revision,
     trust_remote_code: Annotated[
-        bool,
-        typer.Option(
-            "--trust-remote-code", help="Run the model repository's own code (needs a pinned revision)."
-        ),
-    ] = False,
-    device: DeviceOption = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Served models (openai:<model>@<url>): requests in flight (default 8).")
-    ] = None,
+        bool, typer.Option("--trust-remote-code", help=_help(EvalOptions, "trust_remote_code"))
+    ] = E.trust_remote_code,
+    device: Annotated[str | None, typer.Option(help=_help(EvalOptions, "device"))] = E.device,
+    concurrency: Annotated[int, typer.Option(help=_help(EvalOptions, "concurrency"))] = E.concurrency,
     processes: ProcessesOption = 1,
     min_new_tokens: Annotated[
-        int | None, typer.Option(help="Speed benchmarks: generate at least N tokens (end tokens ignored).")
-    ] = None,
-    num_crops: Annotated[
-        int | None,
-        typer.Option(help="Phi-3-Vision image crops (default: the model's; 16 for 3.0, 4 for 3.5)."),
-    ] = None,
+        int | None, typer.Option(help=_help(EvalOptions, "min_new_tokens"))
+    ] = E.min_new_tokens,
+    num_crops: Annotated[int | None, typer.Option(help=_help(EvalOptions, "num_crops"))] = E.num_crops,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     relaunch(processes)
     from harness.api import evaluate
 
     with user_errors():
-        run = evaluate(
-            task=task,
-            model=model,
-            data=data,
-            split=split,
-            limit=limit,
-            batch_size=batch_size,
-            output_dir=output_dir,
-            fresh=fresh,
-            max_new_tokens=max_new_tokens,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            device=device,
-            dtype=dtype,
-            max_error_rate=max_error_rate,
-            prompt=prompt,
-            concurrency=concurrency,
-            min_new_tokens=min_new_tokens,
-            num_crops=num_crops,
-        )
+        run = evaluate(task, model, EvalOptions.build(**_values(EvalOptions, locals())))
     from harness.distributed import world
 
     if not world().main:  # one of several processes: rank 0 reports
@@ -226,39 +205,31 @@ def run_cmd(
 
 @app.command("train")
 def train_cmd(
-    backend: Annotated[str, typer.Option(help="Training backend.")] = "trl",
+    backend: Annotated[str, typer.Option(help=_help(TrainOptions, "backend"))] = T.backend,
     model: Annotated[
         str, typer.Option(help="Model to fine-tune (named model, alias, hub id or path).")
     ] = "base",
     task: TaskOption = DEFAULT_TASK,
-    data: DataOption = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs (default: 1 for real models).")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")
-    ] = None,
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Per-device batch size.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    qlora: Annotated[
-        bool, typer.Option("--qlora", help="4-bit QLoRA (needs a CUDA GPU + bitsandbytes).")
-    ] = False,
-    output_dir: Annotated[Path | None, typer.Option(help="Default: outputs/train/<model>-<time>.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")
-    ] = False,
+    data: Annotated[str | None, typer.Option(help=_help(TrainOptions, "data"))] = T.data,
+    epochs: Annotated[float | None, typer.Option(help=_help(TrainOptions, "epochs"))] = T.epochs,
+    max_steps: Annotated[int | None, typer.Option(help=_help(TrainOptions, "max_steps"))] = T.max_steps,
+    lora_r: Annotated[int | None, typer.Option(help=_help(TrainOptions, "lora_r"))] = T.lora_r,
+    lr: Annotated[float | None, typer.Option(help=_help(TrainOptions, "lr"))] = T.lr,
+    batch_size: Annotated[int | None, typer.Option(help=_help(TrainOptions, "batch_size"))] = T.batch_size,
+    grad_accum: Annotated[int | None, typer.Option(help=_help(TrainOptions, "grad_accum"))] = T.grad_accum,
+    qlora: Annotated[bool, typer.Option("--qlora", help=_help(TrainOptions, "qlora"))] = T.qlora,
+    output_dir: Annotated[Path | None, typer.Option(help=_help(TrainOptions, "output_dir"))] = T.output_dir,
+    resume: Annotated[bool, typer.Option("--resume", help=_help(TrainOptions, "resume"))] = T.resume,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a finished adapter in --output-dir.")
-    ] = False,
-    report_to: Annotated[str, typer.Option(help="none | wandb (offline without an API key).")] = "none",
-    seed: Annotated[int, typer.Option(help="Seed of training (the split is the task's own).")] = 0,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training samples.")] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help="Generate on the validation slice every N steps.")
-    ] = None,
-    n_eval: Annotated[int | None, typer.Option(help="Size of that validation slice.")] = None,
-    save_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every N optimizer steps.")] = None,
-    device: DeviceOption = None,
+        bool, typer.Option("--overwrite", help=_help(TrainOptions, "overwrite"))
+    ] = T.overwrite,
+    report_to: Annotated[str, typer.Option(help=_help(TrainOptions, "report_to"))] = T.report_to,
+    seed: Annotated[int, typer.Option(help=_help(TrainOptions, "seed"))] = T.seed,
+    limit: Annotated[int | None, typer.Option(help=_help(TrainOptions, "limit"))] = T.limit,
+    eval_every: Annotated[int | None, typer.Option(help=_help(TrainOptions, "eval_every"))] = T.eval_every,
+    n_eval: Annotated[int | None, typer.Option(help=_help(TrainOptions, "n_eval"))] = T.n_eval,
+    save_steps: Annotated[int | None, typer.Option(help=_help(TrainOptions, "save_steps"))] = T.save_steps,
+    device: Annotated[str | None, typer.Option(help=_help(TrainOptions, "device"))] = T.device,
     processes: ProcessesOption = 1,
     dry_run: Annotated[
         bool,
@@ -271,44 +242,18 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Fine-tune a model on a task's train split (TRL SFTTrainer + LoRA); leaves `<model>-tuned`."""
+    with user_errors():
+        options = TrainOptions.build(**_values(TrainOptions, locals()))
+        if dry_run:
+            from harness.plan import dry_run as plan
 
-    if dry_run:
-        from harness.plan import dry_run as plan
-
-        with user_errors():
-            plan(model, processes=processes, strategy=strategy, qlora=qlora, lora_r=lora_r,
-                 batch_size=batch_size, grad_accum=grad_accum)  # fmt: skip
-        return
+            plan(model, options, processes=processes, strategy=strategy)
+            return
     relaunch(processes)
-    if backend != "trl":
-        fail(f"unknown training backend {backend!r}; valid backends: trl")
-    if report_to not in ("none", "wandb"):
-        fail(f"--report-to must be none or wandb, not {report_to!r}")
     from harness.api import train
 
     with user_errors():
-        out = train(
-            model=model,
-            task=task,
-            data=data,
-            epochs=epochs,
-            max_steps=max_steps,
-            lora_r=lora_r,
-            lr=lr,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            qlora=qlora,
-            output_dir=output_dir,
-            resume=resume,
-            overwrite=overwrite,
-            report_to=report_to,
-            seed=seed,
-            limit=limit,
-            eval_every=eval_every,
-            n_eval=n_eval,
-            save_steps=save_steps,
-            device=device,
-        )
+        out = train(model, task, options)
     from harness.distributed import world
 
     if world().main:
@@ -355,15 +300,18 @@ def report_cmd(
 
     A and B are run directories or model names, resolved exactly as `harness run --model` does.
     """
+    from harness.core.run import is_run_dir
     from harness.identity import find_runs
-    from reports.report import make_report
+    from reports.compare import make_report
 
     def runs_of(value: str):
-        if (Path(value) / "config.json").is_file() and (Path(value) / "predictions.jsonl").exists():
+        if is_run_dir(value):
             return Path(value)
         return find_runs(value, task=task_name, data=data, runs_dir=runs_dir)
 
     with user_errors():
+        from harness.api import _task_name
+
         task_name = _task_name(task)
         result = make_report(
             runs_of(a),
@@ -377,13 +325,58 @@ def report_cmd(
     raise typer.Exit(result.exit_code)
 
 
-def _task_name(task: str) -> str:
-    """A task file's or a dbq: spec's own name (what its runs record); a plain name as it is."""
-    from tasks import get_task
+@app.command("leaderboard")
+def leaderboard_cmd(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run directories or model names (default: every run of --task)."),
+    ] = None,
+    task: TaskOption = DEFAULT_TASK,
+    data: Annotated[str | None, typer.Option(help="Only runs on this data source.")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("runs"),
+    metric: Annotated[
+        str | None, typer.Option(help="Rank by this metric (default: the task's primary).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Markdown path (default runs/reports/leaderboard.md).")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+    json: Annotated[Path | None, typer.Option(help="Also write the table as JSON.")] = None,
+    wandb: Annotated[
+        bool, typer.Option("--wandb", help="Also log a W&B run (offline without an API key).")
+    ] = False,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Rank unfinished or incomplete runs too.")
+    ] = False,
+) -> None:
+    """Rank runs on each test set: every metric with its CI, honest ties, cost; markdown, CSV, JSON, W&B."""
+    from harness.api import leaderboard
 
-    if task.endswith(".toml") or task.startswith("dbq:"):
-        return get_task(task).name
-    return task
+    with user_errors():
+        board = leaderboard(
+            runs,
+            task=task,
+            data=data,
+            output_dir=output_dir,
+            metric=metric,
+            allow_incomplete=allow_incomplete,
+        )
+        path = board.to_markdown(out)
+        if wandb:
+            typer.echo(f"W&B run: {board.to_wandb(out)}")
+        for extra, write in ((csv, board.to_csv), (json, board.to_json)):
+            if extra is not None:
+                typer.echo(f"table: {write(extra)}")
+    for b in board.boards:
+        typer.echo(f"{b.title}: ranked by {b.metric.name} (= tied with the best)")
+        tied = sum(e.rank == 1 for e in b.entries) > 1
+        for e in b.entries:
+            value = "-" if e.value is None else f"{e.value:.4g}"
+            mark = "=" if tied and e.rank == 1 else " "
+            typer.echo(f"  {e.rank:>2}{mark} {e.name} [{e.run.config.prompt_name}] {value}")
+    if board.skipped:
+        typer.echo(f"left out {len(board.skipped)} run(s): " + "; ".join(board.skipped[:3]), err=True)
+    typer.echo(f"leaderboard: {path}")
 
 
 @app.command("demo")

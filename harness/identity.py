@@ -11,19 +11,20 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from backends.families import get_family
 from harness.core import hub
 from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
-from harness.core.schema import TRAIN_MANIFEST_FILE, ModelInfo
+from harness.core.run import run_dirs
+from harness.core.schema import CONFIG_FILE, TRAIN_MANIFEST_FILE, ModelInfo
+from harness.core.store import read_config
 from harness.models import resolve
 
 
 def pin(info: ModelInfo) -> ModelInfo:
     """``info`` with an identity that cannot drift: hub revision -> commit sha, local dirs -> content hash."""
     update: dict = {}
-    if info.family == "api":  # a served model is what the server says it serves now
+    if get_family(info.family).served:  # a served model is what the server says it serves now
         from backends.api import server_identity
 
         return info.model_copy(update={"revision": server_identity(info)})
@@ -93,16 +94,13 @@ def find_runs(name: str, *, task: str, data: str | None, runs_dir: Path) -> list
     paths), and runs are matched on what they loaded, not on the name typed then: a run made with
     ``--model base`` is found as ``phi-3-vision``. A revision pinned in harness.toml must match too.
     """
-    from harness.core.schema import CONFIG_FILE, PREDICTIONS_FILE, RunConfig
-
     info = resolve(name, build=False)
     found = []
-    for config_file in Path(runs_dir).rglob(CONFIG_FILE):
-        if not (config_file.parent / PREDICTIONS_FILE).is_file():
-            continue  # e.g. a model's own config.json inside an adapter directory
+    for run_dir in run_dirs(runs_dir):
+        config_file = run_dir / CONFIG_FILE
         try:
-            config = RunConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
-        except (ValidationError, ValueError, OSError):
+            config = read_config(config_file)
+        except HarnessError:
             continue
         model = config.model
         same_model = model.path == info.path and (model.adapter or None) == (info.adapter or None)

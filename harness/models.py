@@ -22,28 +22,22 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from backends.families import family_for_model_type, model_type_of_dir, named_models
+from backends.families.served import SERVED as SERVED_FAMILY
 from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.schema import TRAIN_MANIFEST_FILE, ModelInfo, TrainManifest
+from harness.core.store import read_manifest
 
 SETTINGS_FILE = "harness.toml"
 DEFAULT_TRAIN_DIR = Path("outputs/train")
 DEFAULT_ALIASES = {"base": "phi-3-vision"}
 
-# Hub revisions the built-ins are loaded at. The commit shas could not be looked up from this offline
-# workplace, so these follow the repositories' default branch: pin them to a commit sha in
-# harness.toml ([revisions]) or with --revision for a reproducible run (--trust-remote-code insists).
-PHI3_VISION_REVISION = "main"
-PHI35_VISION_REVISION = "main"
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # A training output is named <base stem>-YYYYmmdd-HHMMSS: matched exactly, so "tiny" never
 # claims "tiny-phi3v-20260101-000000".
 TRAIN_STAMP = r"-\d{8}-\d{6}"
@@ -51,15 +45,6 @@ TRAIN_STAMP = r"-\d{8}-\d{6}"
 
 def train_output_re(stem: str) -> re.Pattern[str]:
     return re.compile(re.escape(stem) + TRAIN_STAMP + "$")
-
-
-@dataclass(frozen=True)
-class Builtin:
-    description: str
-    path: str | Callable[[Path], Path]  # hub id, or a builder of the local directory it is given
-    family: str = "hf"
-    revision: str | None = None
-    num_crops: int | None = None
 
 
 def _tiny_corpus() -> Iterator[str]:
@@ -77,38 +62,6 @@ def _tiny_corpus() -> Iterator[str]:
                 yield from (f"${value:,.2f}", f"{value}") if isinstance(value, float) else (value,)
             yield task.target(sample)
             yield from (p.get("text", "") for m in task.messages(sample) for p in m["content"])
-
-
-def _build_tiny(path: Path) -> Path:
-    from backends.tiny import build_tiny, is_built
-
-    return path if is_built(path) else build_tiny(path, _tiny_corpus())
-
-
-def _build_tiny_phi3v(path: Path) -> Path:
-    from backends.phi3v.tiny import build_tiny_phi3v
-
-    return Path(build_tiny_phi3v(path))
-
-
-BUILTINS: dict[str, Builtin] = {
-    "phi-3-vision": Builtin(
-        "Phi-3-Vision 128k instruct (4.2B), native backend, 16 crops",
-        "microsoft/Phi-3-vision-128k-instruct",
-        "phi3v",
-        PHI3_VISION_REVISION,
-        16,
-    ),
-    "phi-3.5-vision": Builtin(
-        "Phi-3.5-Vision instruct (4.2B), native backend, 4 crops",
-        "microsoft/Phi-3.5-vision-instruct",
-        "phi3v",
-        PHI35_VISION_REVISION,
-        4,
-    ),
-    "tiny": Builtin("tiny random Llava (CLIP + Llama, <1M params), built offline; for tests", _build_tiny),
-    "tiny-phi3v": Builtin("tiny random Phi-3-Vision, built offline; for tests", _build_tiny_phi3v, "phi3v"),
-}
 
 
 @dataclass
@@ -160,15 +113,8 @@ def train_outputs(settings: Settings | None = None) -> list[tuple[Path, TrainMan
     settings = settings or load_settings()
     found = []
     for manifest_path in sorted(settings.train_dir.glob(f"*/{TRAIN_MANIFEST_FILE}")):
-        found.append((manifest_path.parent, _read_manifest(manifest_path)))
+        found.append((manifest_path.parent, read_manifest(manifest_path)))
     return sorted(found, key=lambda item: (item[1].created, item[0].name))
-
-
-def _read_manifest(path: Path) -> TrainManifest:
-    try:
-        return TrainManifest.model_validate_json(path.read_text())
-    except (OSError, ValidationError) as err:
-        raise HarnessError(f"{path}: not a valid {TRAIN_MANIFEST_FILE}: {err}".splitlines()[0]) from err
 
 
 def _tuned(name: str, base: str, settings: Settings, build: bool = True) -> ModelInfo:
@@ -189,7 +135,7 @@ def train_stem(base: str) -> str:
 
 
 def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings, build: bool = True) -> ModelInfo:
-    if manifest.base_model in BUILTINS:
+    if manifest.base_model in named_models():
         info = _builtin(manifest.base_model, settings, build)
     else:
         info = ModelInfo(name=manifest.base_model, path=manifest.base_path, family=manifest.family)
@@ -200,14 +146,14 @@ def _on_base(adapter_dir: Path, manifest: TrainManifest, settings: Settings, bui
 
 
 def _builtin(name: str, settings: Settings, build: bool = True) -> ModelInfo:
-    spec = BUILTINS[name]
-    if isinstance(spec.path, str):
-        path = spec.path
+    family, spec = named_models()[name]
+    if spec.build is None:
+        path = str(spec.path)
     else:  # built offline into the cache; a lookup (build=False) only needs where
         local = cache_dir() / "models" / name
-        path = str(spec.path(local) if build else local)
+        path = str(spec.build(local, _tiny_corpus()) if build else local)
     revision = settings.revisions.get(name, spec.revision)
-    return ModelInfo(name=name, path=path, family=spec.family, revision=revision, num_crops=spec.num_crops)
+    return ModelInfo(name=name, path=path, family=family.name, revision=revision, num_crops=spec.num_crops)
 
 
 SERVED = "openai:"
@@ -222,20 +168,14 @@ def _served(target: str) -> ModelInfo:
             f"model {target!r}: write {SERVED}<served model name>@<http(s)://host:port/v1>, "
             f"e.g. {SERVED}microsoft/Phi-3-vision-128k-instruct@http://127.0.0.1:8000/v1"
         )
-    return ModelInfo(name=target, path=model, family="api", endpoint=url.rstrip("/"))
+    return ModelInfo(name=target, path=model, family=SERVED_FAMILY, endpoint=url.rstrip("/"))
 
 
 def _local(path: Path, settings: Settings, build: bool = True) -> ModelInfo:
     if (path / TRAIN_MANIFEST_FILE).is_file():  # a training output: its adapter on its base
-        return _on_base(path, _read_manifest(path / TRAIN_MANIFEST_FILE), settings, build)
-    family = "hf"
-    try:
-        from backends.phi3v import is_phi3v_dir
-
-        family = "phi3v" if is_phi3v_dir(path) else "hf"
-    except ImportError:
-        pass
-    return ModelInfo(name=str(path), path=str(path.resolve()), family=family)
+        return _on_base(path, read_manifest(path / TRAIN_MANIFEST_FILE), settings, build)
+    family = family_for_model_type(model_type_of_dir(path))
+    return ModelInfo(name=str(path), path=str(path.resolve()), family=family.name)
 
 
 def resolve(
@@ -249,7 +189,7 @@ def resolve(
     target = canonical(name, settings)
     if target.startswith(SERVED):
         info = _served(target)
-    elif target in BUILTINS:
+    elif target in named_models():
         info = _builtin(target, settings, build)
     elif target.endswith("-tuned"):
         info = _tuned(name, canonical(target.removesuffix("-tuned"), settings), settings, build)
@@ -260,7 +200,7 @@ def resolve(
     else:
         valid = ", ".join(
             [
-                *BUILTINS,
+                *named_models(),
                 *settings.aliases,
                 "tuned",
                 "<name>-tuned",
@@ -293,7 +233,7 @@ def check_remote_code(info: ModelInfo) -> None:
 def list_models() -> list[tuple[str, str]]:
     """(name, one-line description) of every built-in, alias and training output: ``harness models``."""
     settings = load_settings()
-    rows = [(name, spec.description) for name, spec in BUILTINS.items()]
+    rows = [(name, spec.description) for name, (_, spec) in named_models().items()]
     rows += [(alias, f"alias of {target}") for alias, target in sorted(settings.aliases.items())]
     rows.append(("tuned", f"alias of {canonical('base', settings)}-tuned"))
     try:

@@ -14,7 +14,7 @@ read), and the LoRA targets are the recipe's own. Memory is an estimate per GPU,
   gradient over the vocabulary.
 
 It is an estimate, not a measurement (the allocator, CUDA context and kernels' workspaces add a
-few GB): BENCHMARKS.md records measured peaks where a GPU was lent.
+few GB): BENCHMARKS.md records measured peaks.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from backends.families import family_of, get_family
 from harness.core.errors import HarnessError
 from harness.core.schema import ModelInfo
+
+if TYPE_CHECKING:
+    from harness.options import TrainOptions
 
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 OFFICIAL_CONFIGS = {  # the published configs, shipped with the package for offline plans
@@ -120,7 +125,8 @@ def plan(info: ModelInfo, *, lora_r: int, projector: bool, vision: bool) -> Plan
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)
     )
-    vision_params = sum(p.numel() for n, p in model.named_parameters() if "vision" in n or "img_" in n)
+    image_path = get_family(info.family).image_modules or family_of(model).image_modules
+    vision_params = sum(p.numel() for n, p in model.named_parameters() if set(n.split(".")) & set(image_path))
     return Plan(
         total=sum(p.numel() for p in model.parameters()),
         vision=vision_params,
@@ -159,29 +165,19 @@ def print_plan(info: ModelInfo, params, processes: int, strategy: str | None, ql
     return result
 
 
-def dry_run(
-    model: str,
-    *,
-    processes: int = 1,
-    strategy: str | None = None,
-    qlora: bool = False,
-    lora_r: int | None = None,
-    batch_size: int | None = None,
-    grad_accum: int | None = None,
-):
+def dry_run(model: str, options: TrainOptions, *, processes: int = 1, strategy: str | None = None):
     """Print the training plan for GPUs (harness.plan) without loading any weight; returns the Plan."""
     from backends.trl.recipe import TrainParams, read_recipe
     from harness.models import resolve
 
     info = resolve(model, build=False)
     params = TrainParams()  # the GPU recipe: bf16 and gradient checkpointing on
-    recipe = read_recipe(info.path) if Path(info.path).is_dir() else {}
-    for key, value in {
-        **recipe,
-        "lora_r": lora_r,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-    }.items():
+    recipe = {
+        **get_family(info.family).recipe,
+        **(read_recipe(info.path) if Path(info.path).is_dir() else {}),
+    }
+    chosen = {"lora_r": options.lora_r, "batch_size": options.batch_size, "grad_accum": options.grad_accum}
+    for key, value in {**recipe, **chosen}.items():
         if value is not None and key != "modules_to_save":
             setattr(params, key, value)
-    return print_plan(info, params, processes, strategy, qlora)
+    return print_plan(info, params, processes, strategy, options.qlora)

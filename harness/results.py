@@ -6,11 +6,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from harness.core.run import Failures
 from harness.core.schema import ModelInfo, Record, RunMetrics
 from harness.core.store import RunStore, latest
 from tasks.base import Task, TaskData
-
-MAX_ERROR_RATE = 0.05
 
 
 def rescore(task: Task, store: RunStore, data: TaskData, old: RunMetrics) -> RunMetrics:
@@ -42,14 +41,15 @@ def summarise(
     data: TaskData,
     records: list[Record],
     wall_s: float,
-    max_error_rate: float = MAX_ERROR_RATE,
+    max_error_rate: float,
     batch_size: int | None = None,
 ) -> RunMetrics:
     """Aggregate the latest record of each of this split's samples, in sample order."""
     by_id = latest(records)
     ordered = [by_id[s.id] for s in data.samples if s.id in by_id]
     values, per_group = task.aggregate(ordered)
-    n_errors = sum(r.error is not None for r in ordered)
+    failures = Failures.of(ordered, task.metric_specs())
+    n_errors = failures.errors
     reason = None
     if len(ordered) < len(data.samples):
         reason = f"{len(data.samples) - len(ordered)} of {len(data.samples)} samples have no record"
@@ -65,8 +65,8 @@ def summarise(
         reason=reason,
         n=len(ordered),
         n_errors=n_errors,
-        n_parse_failures=sum(r.error is None and r.scores.get("parsed") == 0 for r in ordered),
-        n_truncated=sum(r.stop == "length" for r in ordered),
+        n_parse_failures=failures.not_parsed,
+        n_truncated=failures.truncated,
         n_excluded=max(len(data.excluded), data.info.n_excluded),
         batch_size=batch_size,
         scoring=task.scoring_identity(),

@@ -1,20 +1,9 @@
-"""Reading run directories and comparing two runs sample by sample.
+"""Comparing two runs on the same test set: the Comparison (``harness.compare``), and ``harness
+report A [B]``'s choice of runs.
 
-Only ``harness.core.schema`` and the run store's reader are imported from the project: a report can be
-made without torch.
-
-Every metric's meaning (label, direction, binary or not, how a missing value counts) is read from
-the run's own metric specs (written by its task): nothing here names a metric.
-
-Statistics (all paired by sample id, difference = B - A):
-
-- 95 % CI: paired bootstrap (harness.core.stats, the same one that made metrics.json).
-- p-value: exact McNemar (binomial test on the discordant pairs) for 0/1 metrics, Wilcoxon
-  signed-rank for continuous ones.
-- Missing values: a metric whose spec says ``fill_missing`` counts a missing value as 0 (a failure
-  is a wrong answer); others (e.g. the error of a number never parsed) are compared on the pairs
-  where both runs have one, and that n is reported.
-- Only metrics both runs scored are compared; the others are listed as left out.
+Statistics (reports/paired.py), all paired by sample id, difference = B - A. Only metrics both runs
+scored are compared; the others are listed as left out. Unfinished or incomplete runs are refused
+unless allowed: their numbers are not final.
 """
 
 from __future__ import annotations
@@ -24,79 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.core.errors import HarnessError
 from harness.core.run import Run, read_run, why_incomplete
 from harness.core.schema import MetricSpec
-from harness.core.stats import N_BOOT, SEED, bootstrap_means, mean_ci, percentile_ci
+from harness.core.stats import N_BOOT, SEED, bootstrap_means, percentile_ci
+from reports.paired import (
+    MetricComparison,
+    group_columns,
+    paired_test,
+    score_frame,
+    scored_metrics,
+    why_not_comparable,
+)
+from reports.report import ReportResult, write_comparison, write_single
 
-__all__ = ["N_BOOT", "SEED", "Run", "bootstrap_means", "read_run", "why_incomplete"]
-
-
-def why_not_comparable(a: Run, b: Run) -> str | None:
-    """Why two runs are not on the same test set, or None when they are (same fingerprint and ids)."""
-    da, db = a.config.data, b.config.data
-    if a.config.task != b.config.task:
-        return f"different tasks ({a.config.task} vs {b.config.task})"
-    if da.fingerprint != db.fingerprint:
-        return (
-            f"different data fingerprints ({da.fingerprint[:12]} from {da.source}/{da.split} vs "
-            f"{db.fingerprint[:12]} from {db.source}/{db.split})"
-        )
-    only_a, only_b = a.ids - b.ids, b.ids - a.ids
-    if only_a or only_b:
-        return (
-            f"same data fingerprint but different sample ids: {len(only_a)} only in A, {len(only_b)} only "
-            f"in B (an unfinished run or a --limit?), e.g. {sorted(only_a | only_b)[0]!r}"
-        )
-    return None
-
-
-def group_columns(run: Run) -> list[str]:
-    """One column per label field of the task: the true label of each sample."""
-    return [f"group:{f.name}" for f in run.fields if f.categorical]
-
-
-def score_frame(run: Run) -> pd.DataFrame:
-    """One row per sample id: the run's scores (missing -> 0 or NaN, as each spec says), the true
-    label of each label field ("group:<field>") and an error flag."""
-    specs = run.specs
-    groups = group_columns(run)
-    rows = []
-    for r in run.records:
-        row = {m: r.scores.get(m) for m in specs}
-        row.update({g: str(r.truth.get(g.split(":", 1)[1], "")) for g in groups})
-        row.update(id=r.id, error=r.error is not None)
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=["id", "error", *groups, *specs]).set_index("id")
-    frame[list(specs)] = frame[list(specs)].astype(float)
-    for spec in specs.values():
-        if spec.fill_missing:
-            frame[spec.name] = frame[spec.name].fillna(0.0)
-    return frame
-
-
-def scored_metrics(run: Run) -> list[str]:
-    """The run's metrics (spec order) that at least one of its records has a score for."""
-    scored = {key for r in run.records for key in r.scores}
-    return [name for name in run.specs if name in scored]
-
-
-@dataclass
-class MetricComparison:
-    metric: str
-    n: int  # pairs the statistic is computed on
-    a: float | None
-    b: float | None
-    diff: float | None  # mean of B - A over the n pairs
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    test: str
-    worse: bool  # B significantly worse than A
-    better: bool  # B significantly better than A
-    discordant: tuple[int, int] | None = None  # McNemar: (A right B wrong, A wrong B right)
+Candidates = str | Path | list[Path]  # a run directory, or a model's run directories newest first
 
 
 @dataclass
@@ -115,36 +47,15 @@ class Comparison:
 
     def to_markdown(self, out: str | Path | None = None) -> Path:
         """Write the report (markdown, plots, thumbnails); default runs/reports/A-vs-B.md."""
-        from reports.report import write_comparison
-
         return write_comparison(self, Path(out) if out else None).markdown
 
     def to_wandb(self, out: str | Path | None = None) -> Path:
         """Write the report and log it as a W&B run (offline without an API key); its files directory."""
-        from reports.report import write_comparison
-
         return write_comparison(self, Path(out) if out else None, wandb=True).wandb_dir
 
     @property
     def specs(self) -> dict[str, MetricSpec]:
         return {**self.b.specs, **self.a.specs}
-
-
-def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """Exact McNemar p-value (two-sided binomial test on the discordant pairs)."""
-    a_only = int(np.sum((a == 1) & (b == 0)))
-    b_only = int(np.sum((a == 0) & (b == 1)))
-    if a_only + b_only == 0:
-        return 1.0, (a_only, b_only)
-    return float(stats.binomtest(b_only, a_only + b_only, 0.5).pvalue), (a_only, b_only)
-
-
-def wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
-    """Wilcoxon signed-rank p-value of B - A (zero differences dropped; 1.0 when all are zero)."""
-    diff = b - a
-    if len(diff) == 0 or np.all(diff == 0):
-        return 1.0
-    return float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
 
 
 def compare_runs(
@@ -180,12 +91,7 @@ def compare_runs(
             )
             continue
         lo, hi = lows[j], highs[j]
-        if spec.binary:
-            p, disc = mcnemar(va, vb)
-            test = "McNemar exact"
-        else:
-            p, disc = wilcoxon(va, vb), None
-            test = "Wilcoxon signed-rank"
+        p, test, disc = paired_test(spec, va, vb)
         bad_side = hi < 0 if spec.higher_is_better else lo > 0
         good_side = lo > 0 if spec.higher_is_better else hi < 0
         result.metrics.append(
@@ -197,45 +103,75 @@ def compare_runs(
     return result
 
 
-@dataclass
-class MetricSummary:
-    metric: str
-    n: int
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
+def make_report(
+    a: Candidates,
+    b: Candidates | None,
+    *,
+    out: Path | None = None,
+    wandb: bool = False,
+    fail_if_worse: list[str] = [],  # noqa: B006 - never mutated; the signature the CLI mirrors
+    allow_incomplete: bool = False,
+    alpha: float = 0.05,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> ReportResult:
+    """Compare run B against run A and write the report (B None: describe run A).
+
+    Each side is a run directory, or a list of candidate run directories (newest first, e.g. every
+    run of one model as ``harness report NAME`` resolves it): the newest pair on the same test set
+    (fingerprint and sample ids) is compared. An unfinished or incomplete run is refused unless
+    ``allow_incomplete``: its numbers are not final.
+    """
+    if fail_if_worse and b is None:
+        raise HarnessError("--fail-if-worse needs two runs (A and B) to compare")
+    if b is None:
+        run_a = usable(_read_all(a), allow_incomplete)[0]
+        return write_single(run_a, out, wandb=wandb, n_boot=n_boot, seed=seed)
+    run_a, run_b = resolve_pair(
+        usable(_read_all(a), allow_incomplete), usable(_read_all(b), allow_incomplete)
+    )
+    cmp = compare_runs(run_a, run_b, alpha=alpha, n_boot=n_boot, seed=seed)
+    unknown = [m for m in fail_if_worse if m not in cmp.specs]
+    if unknown:
+        raise HarnessError(f"--fail-if-worse: unknown metric {unknown[0]!r}; valid: {', '.join(cmp.specs)}")
+    result = write_comparison(cmp, out, wandb=wandb)
+    by_name = cmp.by_name()
+    result.worse = {m: bool(m in by_name and by_name[m].worse) for m in fail_if_worse}
+    result.exit_code = int(any(result.worse.values()))
+    return result
 
 
-def summarize_run(run: Run, *, n_boot: int = N_BOOT, seed: int = SEED) -> list[MetricSummary]:
-    """One run's means with 95 % bootstrap CIs: the same computation as its metrics.json."""
-    frame = score_frame(run)
-    names = scored_metrics(run)
-    columns = [[None if np.isnan(v) else v for v in frame[name].to_numpy()] for name in names]
-    return [
-        MetricSummary(name, n, mean, low, high)
-        for name, (mean, low, high, n) in zip(names, mean_ci(columns, n_boot=n_boot, seed=seed), strict=True)
-    ]
+def _read_all(candidates: Candidates) -> list[Run]:
+    paths = [Path(candidates)] if isinstance(candidates, str | Path) else list(candidates)
+    if not paths:
+        raise HarnessError("no run to report on")
+    return [read_run(p) for p in paths]
 
 
-def per_group_metrics(runs: dict[str, Run]) -> list[str]:
-    """The metrics every run scored whose spec puts them in the per-label tables (the task's choice)."""
-    first = next(iter(runs.values()))
-    scored = [set(scored_metrics(run)) for run in runs.values()]
-    return [m for m, spec in first.specs.items() if spec.per_group and all(m in s for s in scored)]
+def usable(runs: list[Run], allow_incomplete: bool) -> list[Run]:
+    """Complete runs only, unless allowed: an unfinished or incomplete run's numbers are not final."""
+    if allow_incomplete:
+        return runs
+    good = [r for r in runs if why_incomplete(r) is None]
+    if not good:
+        raise HarnessError(
+            f"{runs[0].path}: {why_incomplete(runs[0])}; report it anyway with --allow-incomplete"
+        )
+    return good
 
 
-def per_group(runs: dict[str, Run]) -> dict[str, pd.DataFrame]:
-    """For each label field: rows = true label; columns n and "<metric> <run label>" means for each
-    run, over the same ids (the task's per-label metric set, as in its metrics.json)."""
-    frames = {label: score_frame(run) for label, run in runs.items()}
-    metrics = per_group_metrics(runs)
-    first_run, first = next(iter(runs.values())), next(iter(frames.values()))
-    tables = {}
-    for column in group_columns(first_run):
-        table = first.groupby(column).size().rename("n").to_frame()
-        for label, frame in frames.items():
-            means = frame.groupby(column)[metrics].mean()
-            table = table.join(means.rename(columns=lambda m, lab=label: f"{m} {lab}"))
-        table.index.name = column.split(":", 1)[1]
-        tables[table.index.name] = table.sort_values("n", ascending=False)
-    return tables
+def resolve_pair(cand_a: list[Run], cand_b: list[Run]) -> tuple[Run, Run]:
+    """The newest pair of runs (A, B) on the same test set; HarnessError saying what differs if none is."""
+    reasons = []
+    for run_a in cand_a:
+        for run_b in cand_b:
+            if run_a.path.resolve() == run_b.path.resolve():
+                continue
+            reason = why_not_comparable(run_a, run_b)
+            if reason is None:
+                return run_a, run_b
+            reasons.append(f"{run_a.path} vs {run_b.path}: {reason}")
+    if not reasons:
+        raise HarnessError(f"A and B resolve to the same run ({cand_a[0].path}): nothing to compare")
+    more = f" (and {len(reasons) - 3} more pairs)" if len(reasons) > 3 else ""
+    raise HarnessError("no runs of A and B on the same test set: " + "; ".join(reasons[:3]) + more)

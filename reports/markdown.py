@@ -1,8 +1,8 @@
 """The markdown report: what was compared, paired statistics, per-label results, examples.
 
 Every metric, field and label shown comes from the runs' own specs and field list: nothing here
-names a catalog's fields. Over 300 lines on purpose: the one-run and the two-run report share
-their escaping and sections, which keeps every cell going through one escaper.
+names a catalog's fields. The one-run and the two-run report live together: they share their
+escaping and sections, which keeps every cell going through one escaper.
 
 Model output is hostile text: every cell goes through :func:`cell`, which HTML-escapes it, turns
 markdown-active characters into numeric entities (so `|` cannot split a table row and `[x](y)`
@@ -16,14 +16,20 @@ import hashlib
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from harness.core.schema import FieldInfo, MetricSpec
+from harness.core.run import Run, not_parsed
+from harness.core.schema import FieldInfo, MetricSpec, spec_with_role
+from harness.core.stats import N_BOOT, SEED
 from harness.core.store import write_atomic
-from reports.compare import N_BOOT, SEED, Comparison, MetricSummary, Run
+from reports.paired import MetricSummary
+
+if TYPE_CHECKING:
+    from reports.compare import Comparison
 
 THUMB_PX = 128
 # HTML specials plus markdown syntax that could split a row or render (links, images, code, emphasis).
@@ -131,17 +137,14 @@ def _provenance(runs: dict[str, Run]) -> list[str]:
 
 
 def _counts(runs: dict[str, Run]) -> list[str]:
-    """How many samples failed and how: the counts behind the rates (one definition each)."""
-
-    def n(run: Run, pred) -> int:
-        return sum(1 for r in run.records if pred(r))
-
+    """How many samples failed and how: the counts behind the rates, as the runs counted them."""
+    failures = [run.failures for run in runs.values()]
     rows = [
-        ["errors (scored as wrong)", *(n(r, lambda x: x.error is not None) for r in runs.values())],
-        ["answered, not every field read", *(n(r, lambda x: x.error is None and x.scores.get("parsed") == 0) for r in runs.values())],
-        ["truncated at max_new_tokens", *(n(r, lambda x: x.stop == "length") for r in runs.values())],
+        ["errors (scored as wrong)", *(f.errors for f in failures)],
+        ["answered, not every field read", *(f.not_parsed for f in failures)],
+        ["truncated at max_new_tokens", *(f.truncated for f in failures)],
         ["torn last line dropped", *("yes" if r.torn_last_line else "no" for r in runs.values())],
-    ]  # fmt: skip
+    ]
     return table(["", *runs], rows)
 
 
@@ -159,10 +162,13 @@ def _per_group(tables: dict[str, pd.DataFrame], specs: dict[str, MetricSpec]) ->
 
 
 def example_metrics(specs: dict[str, MetricSpec], fields: list[FieldInfo]) -> list[str]:
-    """The continuous per-field metrics worth showing examples of: numeric errors, then text similarity."""
-    numeric = [f"{f.name}_ape" for f in fields if f.numeric and f"{f.name}_ape" in specs]
-    text = [f"{f.name}_similarity" for f in fields if f"{f.name}_similarity" in specs]
-    return numeric + text
+    """The continuous per-field metrics worth showing examples of: relative errors, then similarities."""
+    chosen = [
+        spec_with_role(specs.values(), role, f.name)
+        for role in ("relative_error", "similarity")
+        for f in fields
+    ]
+    return [spec.name for spec in chosen if spec is not None]
 
 
 def _cat_header(column: str, specs: dict[str, MetricSpec]) -> str:
@@ -305,7 +311,8 @@ def render_single(
             [_image_cell(r, assets), cell(r.id, 40), _truth(r, fields), _output(r, fields), fmt_value(spec, r.scores[worst_by])]
             for r in worst
         ]  # fmt: skip
-    failed = [r for r in run.records if r.error is not None or r.scores.get("parsed") == 0][:k]
+    parse_rate = spec_with_role(specs.values(), "parse_rate")
+    failed = [r for r in run.records if not_parsed(r, parse_rate)][:k]
     rows += [
         [_image_cell(r, assets), cell(r.id, 40), _truth(r, fields), _output(r, fields), "–"] for r in failed
     ]

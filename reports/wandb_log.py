@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from reports.compare import Comparison, MetricSummary, Run
+from harness.core.run import Run
+from reports.paired import MetricSummary
+
+if TYPE_CHECKING:
+    from reports.compare import Comparison
 
 
 def _float(value) -> float:
@@ -131,3 +136,23 @@ def _image(wandb, path: str):
             return wandb.Image(img.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError):
         return wandb.Image(Image.new("RGB", (32, 32), "grey"), caption="image unavailable")
+
+
+def log_leaderboard(frame: pd.DataFrame, plots: list[Path], markdown: Path) -> Path:
+    """The leaderboard's table and plots as a W&B run (job_type "leaderboard"); its files directory."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    run = wandb.init(
+        project="harness", job_type="leaderboard", name=markdown.stem, mode=mode, reinit="finish_previous"
+    )
+    try:
+        columns = list(frame.columns)
+        rows = [[_str(v) if isinstance(v, str) or v is None else _float(v) for v in row] for row in frame.itertuples(index=False)]  # fmt: skip
+        log = {"leaderboard": wandb.Table(columns=columns, data=rows)}
+        log.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+        run.log(log)
+        run.save(str(markdown), base_path=str(markdown.parent), policy="now")
+        return Path(run.dir)
+    finally:
+        run.finish()

@@ -53,7 +53,9 @@ def get_task(name: str = DEFAULT_TASK, *, prompt: str = "default"):
         return CatalogTask(load_config(path), source=str(path), base_dir=path.parent, prompt=prompt)
     files = task_files()
     if name not in files:
-        raise KeyError(
+        from harness.core.errors import HarnessError
+
+        raise HarnessError(
             f"unknown task {name!r}; valid tasks: {', '.join(sorted(files))}, dbq:<Brand>.<Country>, "
             "or a path to a task .toml"
         )

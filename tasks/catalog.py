@@ -25,59 +25,20 @@ from harness.core.schema import (
     Truth,
 )
 from harness.core.stats import mean_ci
-from tasks import scorers
 from tasks.base import TaskData
-from tasks.config import PROMPTS, SCORERS, FieldConfig, TaskConfig, placeholders
+from tasks.config import PROMPTS, FieldConfig, PromptConfig, TaskConfig, placeholders
 from tasks.data import CatalogData
-from tasks.parsing import AnswerParser, ParseField
+from tasks.kinds import answer_parser, get_kind, metric_specs
 
 # The code that turns an answer into numbers: a change re-scores finished runs (scoring identity).
 SCORING_SOURCES = [
     Path(__file__),
-    *(Path(__file__).with_name(n) for n in ("parsing.py", "text.py", "scorers.py")),
+    *(Path(__file__).with_name(n) for n in ("parsing.py", "text.py", "scorers.py", "kinds.py")),
 ]
 
 
 def _identity(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _scorers(field: FieldConfig) -> list[str]:
-    return field.scorers or list(SCORERS[field.kind])
-
-
-def metric_specs(fields: list[FieldConfig]) -> list[MetricSpec]:
-    """What each score means, from the fields: names are ``<field>_<scorer>``, plus the parse rates."""
-    specs = []
-    for f in fields:
-        scorers, n = _scorers(f), f.name
-        if f.kind == "text":
-            if "similarity" in scorers:
-                specs.append(MetricSpec(name=f"{n}_similarity", label=f"{n} similarity (0-100)", field=n))
-            if "exact" in scorers:
-                specs.append(MetricSpec(name=f"{n}_exact", label=f"{n} exact match", binary=True, percent=True, per_group=True, field=n))  # fmt: skip
-        elif f.kind == "label":
-            specs.append(MetricSpec(name=f"{n}_exact", label=f"{n} accuracy", binary=True, percent=True, per_group=True, field=n))  # fmt: skip
-        else:
-            unit = f.currency if f.kind == "price" else None
-            if "within" in scorers:
-                for t in f.tolerances:
-                    specs.append(MetricSpec(
-                        name=f"{n}_within_{t:g}", label=f"{n} within {t:g} %", binary=True, percent=True,
-                        per_group=t == max(f.tolerances), field=n,
-                    ))  # fmt: skip
-            lower = {"higher_is_better": False, "fill_missing": False, "field": n}
-            if "abs_error" in scorers:
-                specs.append(
-                    MetricSpec(name=f"{n}_abs_error", label=f"{n} absolute error", unit=unit, **lower)
-                )
-            if "ape" in scorers:
-                specs.append(MetricSpec(name=f"{n}_ape", label=f"{n} abs. % error", percent=True, per_group=True, **lower))  # fmt: skip
-            if "log_error" in scorers:
-                specs.append(MetricSpec(name=f"{n}_log_error", label=f"{n} log error (abs)", **lower))
-    specs.append(MetricSpec(name="parsed", label="parse rate (all fields read)", binary=True, percent=True, per_group=True))  # fmt: skip
-    specs += [MetricSpec(name=f"{f.name}_read", label=f"{f.name} read", binary=True, percent=True, field=f.name) for f in fields]  # fmt: skip
-    return specs
 
 
 def score_values(records: list[Record], spec: MetricSpec) -> list[float | None]:
@@ -107,9 +68,10 @@ class CatalogTask:
         self.base_dir = Path(base_dir) if base_dir else None
         self.prompt = prompt
         self.fields = list(config.fields)
-        self._parser = AnswerParser([ParseField(f.name, f.kind, tuple(f.labels)) for f in self.fields])
-        self._specs = metric_specs(self.fields)
+        self._parser = answer_parser(self.fields)
+        self._specs = metric_specs(self.fields, config.primary)
         self._shots: list[Sample] | None = None
+        self._labels: dict[str, list[str]] | None = None  # label field -> the train split's labels
         self.data = CatalogData(
             config, base_dir=self.base_dir, synthetic_size=synthetic_size, render=self._render
         )
@@ -134,10 +96,11 @@ class CatalogTask:
         return _identity(self.prompt, self.question(), self.config.answer, shots)
 
     def scoring_identity(self) -> str:
-        """The parser, the scorers and the field settings: a finished run scored by others is re-scored."""
+        """The parser, the scorers, the field settings and the label sets answers are mapped onto: a
+        finished run scored by others is re-scored."""
         code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in SCORING_SOURCES]
         fields = [f.model_dump(exclude={"column"}) for f in self.fields]
-        return _identity(code, fields)
+        return _identity(code, fields, self._labels)
 
     def metric_specs(self) -> list[MetricSpec]:
         return list(self._specs)
@@ -147,8 +110,8 @@ class CatalogTask:
             FieldInfo(
                 name=f.name,
                 kind=f.kind,
-                numeric=f.kind in ("number", "price"),
-                categorical=f.kind == "label",
+                numeric=get_kind(f.kind).numeric,
+                categorical=get_kind(f.kind).categorical,
                 unit=f.currency,
             )
             for f in self.fields
@@ -157,11 +120,30 @@ class CatalogTask:
     # -- prompt / target
 
     def question(self) -> str:
+        """The question the prompt variant asks: as configured; "instructed" adds the answer format;
+        "choices" also lists each label field's train labels (commonest first, capped), so that a
+        model that never saw the catalog can name its labels."""
         custom = self.config.prompts.get(self.prompt)
         if custom and custom.question:
             return custom.question
         if self.prompt == "instructed":
             return f"{self.config.question} Answer in exactly this format: {self.answer_format()}"
+        if self.prompt == "choices":
+            cap = custom.choices if custom else PromptConfig().choices
+            lists = [
+                f" {f.labels[0]} is one of: "
+                + (
+                    "; ".join(self._labels[f.name][:cap])
+                    if self._labels is not None
+                    else "<the train split's labels>"
+                )
+                + "."
+                for f in self.fields
+                if get_kind(f.kind).categorical
+            ]
+            return f"{self.config.question} Answer in exactly this format: {self.answer_format()}." + "".join(
+                lists
+            )
         return self.config.question
 
     def answer_format(self) -> str:
@@ -173,6 +155,10 @@ class CatalogTask:
 
         Few-shot: each shot is a user turn (its image and the question) answered by its target.
         """
+        if self.prompt == "choices" and self._labels is None:
+            raise HarnessError(
+                f"task {self.name!r}: the choices prompt lists the train labels: load the data first"
+            )
         question = self.question()
         turns = []
         for shot in self._shots or []:
@@ -187,8 +173,7 @@ class CatalogTask:
 
     def _render(self, truth: Truth) -> str:
         values = {
-            f.name: float(truth[f.name]) if f.kind in ("number", "price") else truth[f.name]
-            for f in self.fields
+            f.name: float(truth[f.name]) if get_kind(f.kind).numeric else truth[f.name] for f in self.fields
         }
         return self.config.answer.format(**values)
 
@@ -204,15 +189,8 @@ class CatalogTask:
         columns: dict[str, list] = {}
         for f in self.fields:
             preds = [p.get(f.name) for p in parsed]
-            refs = [t[f.name] for t in truths]
-            if f.kind == "text":
-                out = scorers.columns(scorers.text_scores, preds, refs)
-            elif f.kind == "label":
-                out = scorers.columns(scorers.label_scores, preds, refs)
-            else:
-                out = scorers.columns(scorers.number_scores, preds, refs, tolerances=f.tolerances)
-            for key, values in out.items():
-                columns[f"{f.name}_{key}"] = values
+            labels = self._labels.get(f.name) if self._labels is not None else None
+            columns.update(get_kind(f.kind).score(f, preds, [t[f.name] for t in truths], labels))
             columns[f"{f.name}_read"] = [float(p is not None) for p in preds]
         # One parse rate (every field read) and a read rate per field: each named as what it counts.
         columns["parsed"] = [float(all(p.get(f.name) is not None for f in self.fields)) for p in parsed]
@@ -228,9 +206,7 @@ class CatalogTask:
         }
         grouped = [spec for spec in self._specs if spec.per_group]
         per_group: dict[str, dict] = {}
-        for f in self.fields:
-            if f.kind != "label":
-                continue
+        for f in (f for f in self.fields if get_kind(f.kind).categorical):
             table = per_group[f.name] = {}
             for label in sorted({str(r.truth[f.name]) for r in records}):
                 rows = [r for r in records if str(r.truth[f.name]) == label]
@@ -246,8 +222,11 @@ class CatalogTask:
         return self.data.default_source()
 
     def load(self, source: str | None = None, split: str = "test", **options) -> TaskData:
-        """``split`` of ``source`` (tasks.data.CatalogData.load: limit, cache_dir), few-shot examples picked."""
-        return self._with_shots(self.data.load(source, split, **options), source, options.get("cache_dir"))
+        """``split`` of ``source`` (tasks.data.CatalogData.load: limit, cache_dir); the train split's
+        label sets and, few-shot, the examples are taken from the same data."""
+        data = self.data.load(source, split, **options)
+        self._labels = data.info.train_labels
+        return self._with_shots(data, source, options.get("cache_dir"))
 
     def preview(self, source: str | None = None, n: int = 3) -> list[tuple[int, Truth | str]]:
         """The first ``n`` rows the task keeps (for `harness task check`)."""
@@ -265,7 +244,7 @@ class CatalogTask:
 
 def pick_shots(train: list[Sample], fields: list[FieldConfig], k: int) -> list[Sample]:
     """k solved examples, deterministic: by id, preferring distinct values of the first label field."""
-    label = next((f.name for f in fields if f.kind == "label"), None)
+    label = next((f.name for f in fields if get_kind(f.kind).categorical), None)
     chosen, seen = [], set()
     for sample in sorted(train, key=lambda s: hashlib.sha256(s.id.encode()).hexdigest()):
         key = sample.truth.get(label) if label else sample.id

@@ -15,7 +15,7 @@ A new catalog is one file and no code::
     [[fields]]
     name = "title"
     column = "title"
-    kind = "text"                 # text | label | number | price
+    kind = "text"                 # text | label | number | price (tasks/kinds.py)
     labels = ["Title", "Product"] # what a model may write before the colon
 
 Every problem is reported as one line naming the file and the setting (:func:`problems`), all of
@@ -28,21 +28,13 @@ import re
 import string
 import tomllib
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.core.errors import HarnessError
+from tasks.kinds import KINDS, answer_parser, metric_specs
 
-KINDS = ("text", "label", "number", "price")
-# Scorers each kind may use (all of them when a field names none).
-SCORERS: dict[str, tuple[str, ...]] = {
-    "text": ("similarity", "exact"),
-    "label": ("exact",),
-    "number": ("abs_error", "ape", "within", "log_error"),
-    "price": ("abs_error", "ape", "within", "log_error"),
-}
-PROMPTS = ("default", "instructed", "few-shot")
+PROMPTS = ("default", "instructed", "few-shot", "choices")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -78,7 +70,7 @@ class DataConfig(_Strict):
 class FieldConfig(_Strict):
     name: str
     column: str
-    kind: Literal["text", "label", "number", "price"]
+    kind: str  # a registered field kind (tasks/kinds.py): text | label | number | price
     labels: list[str] = Field(min_length=1)
     scorers: list[str] | None = None  # default: every scorer of the kind
     tolerances: list[float] = Field(default_factory=lambda: [10.0, 25.0])  # "within x %" (number, price)
@@ -89,6 +81,7 @@ class FieldConfig(_Strict):
 class PromptConfig(_Strict):
     question: str | None = None  # default: the task's question (+ the answer format for "instructed")
     shots: int = Field(default=2, ge=1, le=8)  # few-shot: solved train examples shown first
+    choices: int = Field(default=60, ge=2, le=1000)  # choices: at most this many labels listed per field
 
 
 class TaskConfig(_Strict):
@@ -99,15 +92,13 @@ class TaskConfig(_Strict):
     data: DataConfig
     fields: list[FieldConfig] = Field(min_length=1)
     prompts: dict[str, PromptConfig] = Field(default_factory=dict)
-
-    def field(self, name: str) -> FieldConfig:
-        return next(f for f in self.fields if f.name == name)
+    primary: str | None = None  # the headline metric (a leaderboard ranks by it); default: a label's accuracy
 
     @property
     def group_columns(self) -> list[str]:
         if self.data.group_by:
             return self.data.group_by
-        text = [f.column for f in self.fields if f.kind == "text"]
+        text = [f.column for f in self.fields if f.kind == "text"]  # the free-text field: a product's name
         return text[:1] or [self.fields[0].column]
 
 
@@ -126,13 +117,19 @@ def problems(config: TaskConfig) -> list[str]:
             out.append(f"{where}: name must be an identifier (letters, digits, _), got {f.name!r}")
         if names.count(f.name) > 1:
             out.append(f"{where}: duplicate field name {f.name!r}")
+        kind = KINDS.get(f.kind)
+        if kind is None:
+            out.append(f"{where}: unknown kind {f.kind!r}; valid kinds: {', '.join(KINDS)}")
+            continue
         for scorer in f.scorers or ():
-            if scorer not in SCORERS[f.kind]:
+            if scorer not in kind.scorers:
                 out.append(
-                    f"{where}: unknown scorer {scorer!r} for kind {f.kind!r}; valid: {', '.join(SCORERS[f.kind])}"
+                    f"{where}: unknown scorer {scorer!r} for kind {f.kind!r}; valid: {', '.join(kind.scorers)}"
                 )
-        if (f.currency or f.currency_column) and f.kind != "price":
-            out.append(f"{where}: currency is only for kind 'price'")
+        if (f.currency or f.currency_column) and not kind.currency:
+            out.append(
+                f"{where}: currency is only for kinds {', '.join(k.name for k in KINDS.values() if k.currency)}"
+            )
         if any(t <= 0 for t in f.tolerances):
             out.append(f"{where}: tolerances must be positive percentages, got {f.tolerances}")
     try:
@@ -159,12 +156,14 @@ def problems(config: TaskConfig) -> list[str]:
     if not config.data.image_column and not config.data.url_column:
         out.append("data: give image_column (a local path) or url_column")
     if not out:
-        from tasks.parsing import AnswerParser, ParseField
-
         try:
-            AnswerParser([ParseField(f.name, f.kind, tuple(f.labels)) for f in config.fields])
+            answer_parser(config.fields)
         except ValueError as err:
             out.append(f"fields: {err}")
+    if not out and config.primary is not None:
+        names = [s.name for s in metric_specs(config.fields)]
+        if config.primary not in names:
+            out.append(f"primary: {config.primary!r} is not one of the task's metrics ({', '.join(names)})")
     return out
 
 

@@ -5,15 +5,14 @@ Every row that does not become a sample is listed with its reason (naming the ro
 and counted; the resolved split is saved as a manifest and reused while its table and images are
 unchanged, so a finished re-run costs milliseconds.
 
-Over 300 lines on purpose: locating, reading, checking and splitting rows are one job (rows in,
-samples out), and splitting it would pass the same half-dozen values between modules.
+Locating, reading, checking and splitting rows are one job (rows in, samples out); splitting the
+module would pass the same half-dozen values between modules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from harness.core.schema import DataInfo, Excluded, Sample, Truth
 from tasks import sources, synthetic
 from tasks.base import TaskData
 from tasks.config import TaskConfig
+from tasks.kinds import get_kind
 from tasks.text import normalise
 
 if TYPE_CHECKING:  # pandas loads only when a table is read: a reused split needs none
@@ -38,15 +38,6 @@ def split_of(group: str, split_seed: int = 0) -> str:
     """test ~20 %, validation ~10 %, train the rest, by a stable hash (same on every machine)."""
     bucket = int.from_bytes(hashlib.sha256(f"{split_seed}:{group}".encode()).digest()[:8], "big") % 100
     return "test" if bucket < 20 else "validation" if bucket < 30 else "train"
-
-
-def assert_no_leakage(splits: dict[str, list[Sample]]) -> None:
-    """Raise if any group appears in more than one split."""
-    owner: dict[str, str] = {}
-    for name, samples in splits.items():
-        for sample in samples:
-            if owner.setdefault(sample.group, name) != name:
-                raise AssertionError(f"group {sample.group!r} is in both {owner[sample.group]} and {name}")
 
 
 def _identity(*parts: object) -> str:
@@ -116,6 +107,7 @@ class CatalogData:
             group_by=", ".join(self.config.group_columns),
             manifest=str(manifest),
             budget_targets=self._longest_targets(df, where),
+            train_labels=self._train_labels(df, where),
             units=units,
         )
         payload = {
@@ -211,20 +203,13 @@ class CatalogData:
         truth: Truth = {}
         for f in self.fields:
             raw = row.get(f.column)
-            if f.kind in ("text", "label"):
-                value = _text(row, f.column)
-                if not value:
-                    return f"{where}: field {f.name!r} (column {f.column!r}) is empty"
-                truth[f.name] = value
-                continue
-            try:
-                number = float(raw)
-            except (TypeError, ValueError):
-                return f"{where}: field {f.name!r} (column {f.column!r}) is not a number: {raw!r}"
-            if not math.isfinite(number) or (f.kind == "price" and number <= 0):
-                kind = "a positive number" if f.kind == "price" else "a finite number"
-                return f"{where}: field {f.name!r} (column {f.column!r}) must be {kind}, got {raw!r}"
-            truth[f.name] = number
+            value = get_kind(f.kind).value(None if _missing(raw) else raw)
+            if value is None:
+                return (
+                    f"{where}: field {f.name!r} (column {f.column!r}) must be {get_kind(f.kind).expects()}, "
+                    f"got {raw!r}"
+                )
+            truth[f.name] = value
         return truth
 
     def _kept(self, row: dict) -> bool:
@@ -245,6 +230,18 @@ class CatalogData:
             if self._kept(row) and isinstance(truth := self._truth(row, where), dict):
                 targets.add(self._render(truth))
         return sorted(targets, key=lambda t: (-len(t), t))[:BUDGET_TARGETS]
+
+    def _train_labels(self, df: pd.DataFrame, where: str) -> dict[str, list[str]]:
+        """Each label field's values in the train split, most frequent first (then by name): the
+        closed label set a `choices` prompt lists and free answers are mapped onto."""
+        counts: dict[str, dict[str, int]] = {f.name: {} for f in self.fields if get_kind(f.kind).categorical}
+        for row in df.to_dict("records"):
+            if not self._kept(row) or split_of(self._group(row), self.split_seed) != "train":
+                continue
+            if isinstance(truth := self._truth(row, where), dict):
+                for name, seen in counts.items():
+                    seen[str(truth[name])] = seen.get(str(truth[name]), 0) + 1
+        return {name: sorted(seen, key=lambda label: (-seen[label], label)) for name, seen in counts.items()}
 
     def _samples(self, df, split, limit, base, images_dir, where) -> tuple[list[Sample], list[Excluded], int]:
         d = self.config.data

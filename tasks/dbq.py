@@ -52,8 +52,7 @@ def dbq_config(name: str) -> TaskConfig:
     hub = f"DBQ/{brand}.Product.prices.{country}"
     data = base.data.model_copy(update={"hub": hub, "revision": KNOWN_REVISIONS.get(hub)})
     fields = [
-        f.model_copy(update={"currency": CURRENCIES[country]}) if f.kind == "price" else f
-        for f in base.fields
+        f.model_copy(update={"currency": CURRENCIES[country]}) if f.currency else f for f in base.fields
     ]
     shown = f"{brand.replace('.', ' ')} ({country.replace('.', ' ')})"
     return base.model_copy(

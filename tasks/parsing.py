@@ -1,6 +1,6 @@
 """Field-generic answer parsing: read a model's generated answer back into a catalog's fields.
 
-A task declares its fields (name, kind, label aliases) and instantiates one ``AnswerParser``; the
+A task declares its fields (name, parse rule, label aliases) and instantiates one ``AnswerParser``; the
 same rules then serve any catalog and any number of fields. The rules favour *trust* over
 leniency, because a parser that invents fields makes the harness print wrong numbers:
 
@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-KINDS = ("text", "label", "number", "price")
+RULES = ("text", "number", "price")  # a field kind (tasks/kinds.py) names the rule its values follow
 _NUMERIC = ("number", "price")
 
 # ---------------------------------------------------------------- numbers
@@ -82,14 +82,14 @@ def parse_number(text: str) -> float | None:
 class ParseField:
     """One field of an answer template.
 
-    ``kind``: "text" (free text, e.g. a product name), "label" (a closed-vocabulary value such as a
-    category; parsed like text, scored differently), "number" (first number of the value) or
-    "price" (a number; also read from a currency-marked amount when no label was written).
+    ``rule``: "text" (the value as written: a product name, a category), "number" (the first number
+    of the value) or "price" (a number; also read from a currency-marked amount when no label was
+    written).
     ``labels``: aliases a model writes before a colon, case-insensitive; the first is the template's.
     """
 
     name: str
-    kind: str
+    rule: str
     labels: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -97,8 +97,8 @@ class ParseField:
         object.__setattr__(self, "labels", labels)  # lists from a config file become hashable tuples
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"field name must be a non-empty string, got {self.name!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"field {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"field {self.name!r}: rule must be one of {RULES}, got {self.rule!r}")
         if not labels or not all(isinstance(label, str) and label.strip() for label in labels):
             raise ValueError(f"field {self.name!r}: labels must be non-empty strings, got {self.labels!r}")
 
@@ -177,7 +177,7 @@ class AnswerParser:
             rf"(?:(?P<c3>{_MARK})(?=\s|$))?",
             re.IGNORECASE,
         )
-        prices = [f for f in self.fields if f.kind == "price"]
+        prices = [f for f in self.fields if f.rule == "price"]
         # With two price fields a loose "$450" could be either: read it only when there is one.
         self._loose_field = prices[0] if len(prices) == 1 else None
 
@@ -212,7 +212,7 @@ class AnswerParser:
         return found
 
     def _value(self, field: ParseField, raw: str, *, dangling: str | None = None, separator: bool = True):
-        if field.kind in _NUMERIC:
+        if field.rule in _NUMERIC:
             return parse_number(raw)
         return _clean(raw, separator=separator, dangling=dangling)
 
@@ -221,7 +221,7 @@ class AnswerParser:
         first takes the rest (a title may hold commas). None unless the last part is a price token."""
         last = self.fields[-1]
         line = text.strip()
-        if last.kind not in _NUMERIC or not line or _EOL.search(line):
+        if last.rule not in _NUMERIC or not line or _EOL.search(line):
             return None
         parts = line.split(",")
         # The longest price-shaped tail wins, so "$1,290.00" is one token, not "$1" and "290.00".
@@ -246,6 +246,6 @@ class AnswerParser:
 
 def _checked(field: ParseField, value: object) -> str | float | None:
     """The output contract, enforced whatever happened above: non-empty str, finite float, or None."""
-    if field.kind in _NUMERIC:
+    if field.rule in _NUMERIC:
         return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
     return value if isinstance(value, str) and value else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from tasks.text import normalise
 
@@ -25,9 +25,19 @@ def text_scores(pred: str | None, true: str) -> dict[str, float]:
     return {"similarity": float(fuzz.token_sort_ratio(a, b)), "exact": float(a == b)}
 
 
-def label_scores(pred: str | None, true: str) -> dict[str, float]:
-    """exact (0/1) after normalisation: 'Ponchos and capes' matches 'PONCHOS & CAPES'."""
-    return {"exact": 0.0 if not pred else float(normalise(pred) == normalise(true))}
+def label_scores(pred: str | None, true: str, labels: list[str] | None = None) -> dict[str, float | None]:
+    """exact (0/1) after normalisation: 'Ponchos and capes' matches 'PONCHOS & CAPES'; and mapped:
+    right (0/1) once the answer is mapped to the nearest of the known ``labels`` (rapidfuzz token-sort
+    ratio), the closed-set reading of a free answer. No labels known: mapped is None, never a guess."""
+    exact = 0.0 if not pred else float(normalise(pred) == normalise(true))
+    if labels is None:
+        return {"exact": exact, "mapped": None}
+    if not pred or not labels:
+        return {"exact": exact, "mapped": 0.0}
+    nearest = process.extractOne(
+        normalise(pred), [normalise(label) for label in labels], scorer=fuzz.token_sort_ratio
+    )
+    return {"exact": exact, "mapped": float(nearest[0] == normalise(true))}
 
 
 def within_key(tolerance: float) -> str:
@@ -55,5 +65,5 @@ def number_scores(pred: float | None, true: float, tolerances=(10.0, 25.0)) -> d
 def columns(scorer, predictions: list, references: list, **kwargs) -> dict[str, list]:
     """A batch through one scorer: {score name: one value per sample}."""
     rows = [scorer(p, r, **kwargs) for p, r in zip(predictions, references, strict=True)]
-    keys = rows[0].keys() if rows else scorer(None, 1.0, **kwargs).keys()
+    keys = rows[0].keys() if rows else scorer(None, "", **kwargs).keys()
     return {key: [row[key] for row in rows] for key in keys}

@@ -64,16 +64,15 @@ def test_the_shop_toml_is_short():
 
 
 def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch):
-    from harness.runner import run_eval
-    from harness.training import run_training
-    from reports.report import make_report
+    from harness.api import evaluate, train
+    from reports.compare import make_report
 
     monkeypatch.chdir(tmp_path)
     toml = write_shop(tmp_path / "shop")
     task = get_task(str(toml))
     assert [f.name for f in task.fields] == ["title", "type", "colour", "price"]
     kw = dict(task=str(toml), split="test", max_new_tokens=12, output_dir=tmp_path / "runs")
-    base = run_eval(model="tiny", **kw)
+    base = evaluate(model="tiny", **kw).path
     config, records, metrics = load_run(base)
     assert config.task == "shop" and config.task_source == str(toml) and metrics.n == len(records) > 5
     assert set(records[0].truth) == {"title", "type", "colour", "price"}
@@ -86,16 +85,14 @@ def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch
         "parsed",
     } <= set(metrics.metrics)
     assert set(metrics.per_group) == {"type", "colour"} and config.data.units == {"price": "EUR"}
-    tuned = run_training(
-        model="tiny", task=str(toml), max_steps=2, n_eval=2, output_dir=tmp_path / "out"
-    ).output_dir
-    tuned_run = run_eval(model=str(tuned), **kw)
+    tuned = train(model="tiny", task=str(toml), max_steps=2, n_eval=2, output_dir=tmp_path / "out").output_dir
+    tuned_run = evaluate(model=str(tuned), **kw).path
     result = make_report(base, tuned_run, out=tmp_path / "report.md", n_boot=300)
     md = result.markdown.read_text()
     assert "## Per type" in md and "## Per colour" in md and "type accuracy" in md and "colour accuracy" in md
     # Cross-catalog: the adapter trained on the shop is evaluated on another task's test split.
-    other = run_eval(model=str(tuned), task="burberry", data="synthetic", limit=2, max_new_tokens=6,
-                     output_dir=tmp_path / "runs")  # fmt: skip
+    other = evaluate(model=str(tuned), task="burberry", data="synthetic", limit=2, max_new_tokens=6,
+                     output_dir=tmp_path / "runs").path  # fmt: skip
     assert load_run(other)[0].task == "burberry" and load_run(other)[0].model.adapter == str(tuned.resolve())
     assert [p.name for p in result.plots] == [
         "price_scatter.png", "price_ape_cdf.png", "type_accuracy.png", "colour_accuracy.png"
@@ -103,13 +100,15 @@ def test_a_user_catalog_runs_trains_and_reports_end_to_end(tmp_path, monkeypatch
 
 
 def test_a_catalog_without_a_price_works(tmp_path):
-    from harness.runner import run_eval
+    from harness.api import evaluate
 
     toml = SHOP_TOML.replace("answer = \"Title: {title}, Type: {type}, Colour: {colour}, Price: {price}\"",
                              "answer = \"Title: {title}, Colour: {colour}\"")  # fmt: skip
     toml = re.sub(r"  \{name = \"(type|price)\".*\n", "", toml)
     path = write_shop(tmp_path / "shop", toml)
-    run_dir = run_eval(task=str(path), model="tiny", max_new_tokens=8, output_dir=tmp_path / "runs", limit=4)
+    run_dir = evaluate(
+        task=str(path), model="tiny", max_new_tokens=8, output_dir=tmp_path / "runs", limit=4
+    ).path
     _, records, metrics = load_run(run_dir)
     assert set(records[0].truth) == {"title", "colour"}
     assert not any("price" in name for name in metrics.metrics) and "colour_exact" in metrics.metrics
@@ -127,7 +126,7 @@ def test_a_catalog_without_a_price_works(tmp_path):
          r"fields\[1\] \(type\): unknown scorer 'ape' for kind 'label'; valid: exact"),
         (lambda t: t.replace("Price: {price}", "Price: {price} {size}"),
          r"answer: the template names \{size\}, which is not a field"),
-        (lambda t: t.replace('kind = "text"', 'kind = "txt"'), r"fields\[0\]\.kind: Input should be 'text'"),
+        (lambda t: t.replace('kind = "text"', 'kind = "txt"'), r"fields\[0\] \(title\): unknown kind 'txt'; valid kinds: text, label, number, price"),
         (lambda t: t.replace('labels = ["Colour", "Color"]', 'labels = ["Colour", "Type"]'),
          r"label 'Type' belongs to both 'type' and 'colour'"),
         (lambda t: t.replace("Colour: {colour}, ", ""), r"field 'colour' is not in the template"),
@@ -174,12 +173,12 @@ def test_tasks_come_from_builtins_a_directory_and_files(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_prompt_variants_run_on_tiny_phi3v_and_reports_say_when_they_differ(tmp_path):
-    from harness.runner import run_eval
-    from reports.report import make_report
+    from harness.api import evaluate
+    from reports.compare import make_report
 
     kw = dict(task="burberry", model="tiny-phi3v", data="synthetic", limit=4, max_new_tokens=6)
     runs = {
-        p: run_eval(prompt=p, output_dir=tmp_path / "runs", **kw)
+        p: evaluate(prompt=p, output_dir=tmp_path / "runs", **kw).path
         for p in ("default", "instructed", "few-shot")
     }
     assert len(set(runs.values())) == 3  # the prompt is part of the run identity

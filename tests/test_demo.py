@@ -10,7 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
-from reports.compare import compare_runs, read_run
+from harness.core.run import read_run
+from reports.compare import compare_runs
 
 
 @pytest.mark.slow
@@ -24,8 +25,9 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
             continue
         config = json.loads((run / "config.json").read_text())
         assert config["data"]["synthetic"] is True
-        runs["tuned" if config["model"]["adapter"] else "base"] = run
-    assert sorted(runs) == ["base", "tuned"]
+        runs["tuned" if config["model"]["adapter"] else f"base {config['prompt_name']}"] = run
+    assert sorted(runs) == ["base choices", "base default", "base instructed", "tuned"]
+    runs["base"] = runs["base default"]
     metrics = {k: json.loads((run / "metrics.json").read_text())["metrics"] for k, run in runs.items()}
     # The random base model cannot answer in the format; a short fine-tune can.
     assert metrics["base"]["parsed"]["value"] < 0.2
@@ -41,3 +43,10 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
     for png in pngs:
         with Image.open(report.parent / png) as image:
             image.verify()
+
+    # The leaderboard ranks the prompts against the fine-tune on the same test set.
+    board = (tmp_path / "runs" / "reports" / "leaderboard.md").read_text()
+    assert "Ranked by **category accuracy**" in board
+    rows = [line for line in board.splitlines() if line.startswith("| 1") or line.startswith("| 2")]
+    assert rows and "tiny-phi3v-tuned" in rows[0]  # the fine-tune ranks first
+    assert "choices" in board and "instructed" in board

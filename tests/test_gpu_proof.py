@@ -1,6 +1,6 @@
 """scripts/gpu_proof.sh in its CPU form (tiny-phi3v): every step runs and records its figures.
 
-On a lent GPU the same script measures the real-size Phi-3-Vision (issue #13); here it proves the
+On a GPU the same script measures the real-size Phi-3-Vision; here it proves the
 script itself works, so that the GPU minutes are spent measuring, not debugging.
 """
 

@@ -11,6 +11,7 @@ from PIL import Image
 from backends import get_backend
 from backends.hf import load_generator, load_model_and_processor
 from backends.tiny import MARKER, build_tiny
+from conftest import requests
 from harness.core.errors import HarnessError
 from harness.core.schema import ModelInfo
 from harness.models import resolve
@@ -38,13 +39,10 @@ def noise(seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def prompts(generator, n: int) -> list[str]:
+def prompts(n: int) -> list[list[dict]]:
     # Different prompt lengths so that left padding really happens inside a batch.
     texts = ["Name the product." + " Answer now." * (i % 4) for i in range(n)]
-    return [
-        generator.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}])
-        for t in texts
-    ]
+    return [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}] for t in texts]
 
 
 def test_render_uses_phi3_chat_format(generator):
@@ -56,19 +54,21 @@ def test_render_uses_phi3_chat_format(generator):
 
 def test_batch_size_does_not_change_greedy_outputs(any_generator):
     generator = any_generator
-    ps, ims = prompts(generator, 12), [[noise(i)] for i in range(12)]
-    one_by_one = [generator.generate([p], [im], 24)[0] for p, im in zip(ps, ims, strict=True)]
-    batched = generator.generate(ps[:8], ims[:8], 24) + generator.generate(ps[8:], ims[8:], 24)
+    ps, ims = prompts(12), [[noise(i)] for i in range(12)]
+    one_by_one = [generator.generate(requests([p], [im], 24))[0] for p, im in zip(ps, ims, strict=True)]
+    batched = generator.generate(requests(ps[:8], ims[:8], 24)) + generator.generate(
+        requests(ps[8:], ims[8:], 24)
+    )
     assert batched == one_by_one
     assert len(set(one_by_one)) > 1  # not a degenerate constant answer
 
 
 def test_image_reaches_the_model(any_generator):
     generator = any_generator
-    ps = prompts(generator, 1) * 6
+    ps = prompts(1) * 6
     flat = [[Image.new("RGB", (48, 48), (i * 40, 255 - i * 40, 128))] for i in range(6)]
     noisy = [[noise(100 + i)] for i in range(6)]
-    assert generator.generate(ps, flat, 16) != generator.generate(ps, noisy, 16)
+    assert generator.generate(requests(ps, flat, 16)) != generator.generate(requests(ps, noisy, 16))
 
 
 def test_decodes_only_new_tokens_within_budget_and_stops_at_end(generator, monkeypatch):
@@ -77,8 +77,8 @@ def test_decodes_only_new_tokens_within_budget_and_stops_at_end(generator, monke
     monkeypatch.setattr(
         generator.tokenizer, "batch_decode", lambda ids, **kw: seen.append(ids) or decode(ids, **kw)
     )
-    ps, ims = prompts(generator, 8), [[noise(i)] for i in range(8)]
-    generator.generate(ps, ims, 12)
+    ps, ims = prompts(8), [[noise(i)] for i in range(8)]
+    generator.generate(requests(ps, ims, 12))
     (ids,) = seen
     assert ids.shape[0] == 8 and ids.shape[1] <= 12  # new tokens only (the prompts are ~40 tokens)
     assert "<|end|>" in generator.tokenizer.convert_ids_to_tokens(generator.stop_ids)
@@ -97,11 +97,11 @@ def test_lora_adapter_loads_on_its_base_and_changes_outputs(tiny, generator, tmp
     peft_model.save_pretrained(tmp_path / "adapter")
 
     tuned = load_generator(tiny.model_copy(update={"adapter": str(tmp_path / "adapter")}), device="cpu")
-    ps, ims = prompts(generator, 4), [[noise(i)] for i in range(4)]
+    ps, ims = prompts(4), [[noise(i)] for i in range(4)]
     expected = load_generator(tiny, device="cpu")
     expected.model = peft_model.eval()  # the adapter as trained, unmerged
-    assert tuned.generate(ps, ims, 16) == expected.generate(ps, ims, 16)
-    assert tuned.generate(ps, ims, 16) != generator.generate(ps, ims, 16)
+    assert tuned.generate(requests(ps, ims, 16)) == expected.generate(requests(ps, ims, 16))
+    assert tuned.generate(requests(ps, ims, 16)) != generator.generate(requests(ps, ims, 16))
 
 
 def test_adapter_dir_without_config_is_a_clear_error(tiny, tmp_path):
@@ -172,15 +172,21 @@ def test_tuned_model_is_measured_unmerged_as_trained_in_bf16(tmp_path):
                 module.lora_B["default"].weight.mul_(3e-5 / delta.abs().max())
     peft_model.save_pretrained(tmp_path / "adapter")
 
-    tuned = load_generator(info.model_copy(update={"adapter": str(tmp_path / "adapter")}), "cpu", "bfloat16")
+    tuned = load_generator(
+        info.model_copy(update={"adapter": str(tmp_path / "adapter")}), device="cpu", dtype="bfloat16"
+    )
     fresh, _, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
     unmerged = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
     merged_base, _, _ = load_model_and_processor(info, device="cpu", dtype="bfloat16")
     merged = PeftModel.from_pretrained(merged_base, str(tmp_path / "adapter")).merge_and_unload().eval()
 
-    ps, ims = prompts(tuned, 4), [[noise(i)] for i in range(4)]
+    ps, ims = prompts(4), [[noise(i)] for i in range(4)]
     inputs = processor(
-        text=ps, images=[i[0] for i in ims], padding=True, padding_side="left", return_tensors="pt"
+        text=[tuned.render(m) for m in ps],
+        images=[i[0] for i in ims],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
     )
     inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
     with torch.inference_mode():
@@ -190,6 +196,25 @@ def test_tuned_model_is_measured_unmerged_as_trained_in_bf16(tmp_path):
         }
     assert torch.equal(logits["harness"], logits["unmerged"])
     assert not torch.equal(logits["merged"], logits["unmerged"])  # the merge really loses the deltas
-    reference = load_generator(info, "cpu", "bfloat16")
+    reference = load_generator(info, device="cpu", dtype="bfloat16")
     reference.model = unmerged
-    assert tuned.generate(ps, ims, 12) == reference.generate(ps, ims, 12)
+    assert tuned.generate(requests(ps, ims, 12)) == reference.generate(requests(ps, ims, 12))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "why"), [("florence2", "encoder-decoder"), ("paligemma", "prefix-LM")]
+)
+def test_an_unsupported_family_is_refused_in_one_line(tmp_path, model_type, why):
+    import json
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    info = resolve(str(tmp_path))
+    assert info.family == model_type
+    with pytest.raises(HarnessError, match=f"is not supported: an? {why}"):
+        load_generator(info, device="cpu")
+    out = CliRunner().invoke(app, ["run", "--model", str(tmp_path), "--data", "synthetic", "--limit", "2"])
+    assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1 and "not supported" in out.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.schema import TRAIN_MANIFEST_FILE, DataInfo, TrainManifest
-from harness.models import PHI3_VISION_REVISION, list_models, resolve
+from harness.models import list_models, resolve
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,7 @@ def write_train_output(root: Path, name: str, base: str, created: str, revision:
 def test_builtins_are_pinned_with_their_crops():
     info = resolve("phi-3-vision")
     assert (info.path, info.family, info.num_crops) == ("microsoft/Phi-3-vision-128k-instruct", "phi3v", 16)
-    assert info.revision == PHI3_VISION_REVISION
+    assert re.fullmatch(r"[0-9a-f]{40}", info.revision)  # a commit: the named model cannot drift
     info = resolve("phi-3.5-vision", revision="abc1234")
     assert (info.path, info.num_crops, info.revision) == ("microsoft/Phi-3.5-vision-instruct", 4, "abc1234")
 
@@ -51,7 +52,7 @@ def test_base_defaults_to_phi3_vision_and_harness_toml_overrides(workdir):
         '[aliases]\nbase = "tiny"\n[revisions]\n"phi-3.5-vision" = "deadbeef"\n'
     )
     info = resolve("base")
-    assert info.name == "base" and info.family == "hf"
+    assert info.name == "base" and info.family == "llava"
     assert info.path == str(cache_dir() / "models" / "tiny") and (Path(info.path) / "config.json").is_file()
     assert resolve("phi-3.5-vision").revision == "deadbeef"
     assert resolve("phi-3.5-vision", revision="cafe123").revision == "cafe123"  # --revision wins

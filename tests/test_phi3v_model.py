@@ -16,13 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from backends.phi3v import Phi3VConfig, Phi3VForCausalLM, build_tiny_phi3v, is_phi3v_dir, load
+from backends.families import family_for_model_type, model_type_of_dir
+from backends.phi3v import Phi3VConfig, Phi3VForCausalLM, build_tiny_phi3v, load
 from backends.phi3v.modeling import Phi3VImageEmbedding
 from backends.phi3v.tiny import TINY_CONFIG
+from conftest import phi3v_hub_files
 
-HUB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "phi3v-hub-files"
-if not HUB.exists():
-    HUB = Path("/work/shared/reference/phi3v-hub-files")
+HUB = phi3v_hub_files()
 INDEX_KEYS = set(json.loads((HUB / "model.safetensors.index.json").read_text())["weight_map"])
 
 
@@ -207,7 +207,8 @@ def test_tiny_build_is_deterministic_and_round_trips(tiny_dir, tiny, tmp_path):
     again = build_tiny_phi3v(tmp_path / "other")
     digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (tiny_dir, again)]
     assert digest[0] == digest[1]
-    assert is_phi3v_dir(tiny_dir) and not is_phi3v_dir(tmp_path)
+    assert family_for_model_type(model_type_of_dir(tiny_dir)).name == "phi3v"
+    assert model_type_of_dir(tmp_path) is None
     model, processor = tiny
     assert model.config._attn_implementation == "sdpa"
     assert set(model.generation_config.eos_token_id) == {32007, 32000}

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from backends.phi3v.processing import CLIP_MEAN, CLIP_STD, STOP_TOKEN_IDS, Phi3VProcessor
+from conftest import phi3v_hub_files
 
-HUB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "phi3v-hub-files"
-if not HUB.exists():
-    HUB = Path("/work/shared/reference/phi3v-hub-files")
+HUB = phi3v_hub_files()
 QUESTION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
 ]

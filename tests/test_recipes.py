@@ -11,12 +11,13 @@ from accelerate.commands.config.config_args import load_config_from_file
 from typer.testing import CliRunner
 
 from backends.phi3v import Phi3VConfig, Phi3VForCausalLM
+from conftest import phi3v_hub_files
 from harness.cli import app
 from harness.models import resolve
 from harness.plan import plan
 
 LAUNCH = Path(__file__).resolve().parents[1] / "backends" / "trl" / "launch"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "phi3v-hub-files"
+HUB = phi3v_hub_files()
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_fsdp_wraps_exactly_the_layers_phi3_vision_has():
     config = load_config_from_file(str(LAUNCH / "fsdp.yaml")).fsdp_config
     wrapped = set(config["fsdp_transformer_layer_cls_to_wrap"].split(","))
     assert wrapped == set(Phi3VForCausalLM._no_split_modules)
-    official = json.loads((SHARED / "config.json").read_text())
+    official = json.loads((HUB / "config.json").read_text())
     with torch.device("meta"):
         model = Phi3VForCausalLM(Phi3VConfig(**{k: v for k, v in official.items() if k != "auto_map"}))
     classes = {type(m).__name__ for m in model.modules()}
@@ -45,7 +46,7 @@ def test_fsdp_wraps_exactly_the_layers_phi3_vision_has():
 
 def test_plan_counts_exactly_the_published_checkpoint():
     result = plan(resolve("phi-3-vision", build=False), lora_r=64, projector=False, vision=False)
-    published = json.loads((SHARED / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    published = json.loads((HUB / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
     assert result.total == published // 2  # bf16: two bytes a parameter
     per_layer = 64 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072))  # qkv, o, gate_up, down
     assert result.trainable == 32 * per_layer

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.core.run import Failures
 from harness.core.schema import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -54,6 +55,7 @@ def record(
         "name_similarity": sim,
         "name_exact": float(correct),
         "category_exact": float(correct),
+        "category_mapped": float(correct),
         "price_within_10": float(ape is not None and ape <= 0.10),
         "price_within_25": float(ape is not None and ape <= 0.25),
         "price_abs_error": None if ape is None else abs(price - truth["price"]),
@@ -85,15 +87,19 @@ def write_run(
     status: str | None = "complete",  # None: unfinished (no metrics.json)
     path: str | None = None,
     specs=METRIC_SPECS,
+    task: str = "burberry",
+    fields=None,
+    revision: str | None = None,
 ) -> Path:
     run = root / dirname
     run.mkdir(parents=True)
     config = RunConfig(
-        task="burberry",
+        task=task,
         model=ModelInfo(
             name=model,
             path=path or f"/models/{model}",
             adapter="/adapters/x" if "tuned" in model else None,
+            revision=revision,
         ),
         data=DataInfo(
             source=source,
@@ -105,16 +111,20 @@ def write_run(
         versions={"transformers": "5.24"},
         created=created,
         metric_specs=list(specs),
-        fields=TASK.field_infos(),
+        fields=fields if fields is not None else TASK.field_infos(),
     )
     (run / CONFIG_FILE).write_text(config.model_dump_json())
-    if status is not None:
+    if status is not None:  # counted as the runner counts them
+        failures = Failures.of(records, specs)
         metrics = RunMetrics(
-            task="burberry",
+            task=task,
             model=model,
             n=len(records),
             status=status,
             reason=None if status == "complete" else "x",
+            n_errors=failures.errors,
+            n_parse_failures=failures.not_parsed,
+            n_truncated=failures.truncated,
         )
         (run / METRICS_FILE).write_text(metrics.model_dump_json())
     lines = "".join(r.model_dump_json() + "\n" for r in records)

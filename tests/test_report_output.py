@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_report_fakes import image, record, write_run
 
+from reports.compare import make_report
 from reports.markdown import cell, thumbnail
-from reports.report import make_report
 
 HOSTILE = [
     "a | b || c",

@@ -8,10 +8,11 @@ from scipy import stats
 from test_report_fakes import record, write_run
 
 from harness.core.errors import HarnessError
+from harness.core.run import read_run
 from harness.core.stats import bootstrap_means
 from harness.identity import find_runs
-from reports.compare import compare_runs, read_run
-from reports.report import make_report
+from harness.models import resolve
+from reports.compare import compare_runs, make_report
 
 # A: right on even ids; B: right on ids divisible by 3 or 4 -> known discordant counts.
 N = 48
@@ -140,8 +141,9 @@ def test_report_names_resolve_as_run_does_not_literally(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     recs = [record(i, correct=i % 2 == 0, ape=0.1, sim=50) for i in range(10)]
-    phi3 = "microsoft/Phi-3-vision-128k-instruct"
-    write_run(tmp_path / "runs", "by-alias", "base", recs, path=phi3)
+    phi3 = resolve("phi-3-vision", build=False)
+    write_run(tmp_path / "runs", "by-alias", "base", recs, path=phi3.path, revision=phi3.revision)
+    write_run(tmp_path / "runs", "other-commit", "base", recs, path=phi3.path, revision="0" * 40)
     write_run(tmp_path / "runs", "hub", "org/model", recs, path="org/model")
     by_real_name = find_runs("phi-3-vision", task="burberry", data=None, runs_dir=tmp_path / "runs")
     assert [p.name for p in by_real_name] == ["by-alias"]
@@ -184,7 +186,7 @@ def test_only_metrics_both_runs_scored_are_compared(tmp_path):
 def test_single_run_report_cis_equal_metrics_json(tmp_path):
     """One bootstrap: the report's CIs of a run are exactly its metrics.json's."""
     from harness.core.schema import METRICS_FILE, RunMetrics
-    from reports.compare import summarize_run
+    from reports.paired import summarize_run
     from tasks import get_task
 
     recs = [

@@ -15,6 +15,7 @@ from harness.core.errors import HarnessError
 from harness.core.run import load_run
 from harness.core.schema import DataInfo, FieldInfo, MetricSpec, MetricValue, Record, Sample
 from harness.models import resolve
+from harness.options import EvalOptions
 from harness.runner import run_eval
 from tasks.base import TaskData
 
@@ -64,8 +65,8 @@ class FakeTask:
 
     def metric_specs(self):
         return [
-            MetricSpec(name="name_exact", label="name exact", binary=True),
-            MetricSpec(name="answered", label="answered"),
+            MetricSpec(name="name_exact", label="name exact", role="accuracy", binary=True),
+            MetricSpec(name="answered", label="answered", role="read_rate"),
         ]
 
     def parse(self, text):
@@ -93,15 +94,14 @@ def tiny():
 
 
 def run(tmp_path, tiny, **kwargs) -> Path:
-    args = {
-        "task": FakeTask(),
-        "model": tiny,
+    task, model = kwargs.pop("task", FakeTask()), kwargs.pop("model", tiny)
+    options = {
         "data": str(tmp_path / "data"),
         "output_dir": tmp_path / "runs",
+        "max_new_tokens": 8,
+        "device": "cpu",
     }
-    args.setdefault("max_new_tokens", 8)
-    args["device"] = "cpu"
-    return run_eval(**{**args, **kwargs})
+    return run_eval(task, model, EvalOptions.build(**{**options, **kwargs}))
 
 
 def outputs(run_dir: Path) -> dict[str, str | None]:
@@ -143,10 +143,10 @@ def test_corrupt_image_is_recorded_counted_and_the_run_goes_on(tmp_path, tiny):
 def test_generation_error_in_a_batch_is_retried_one_by_one(tmp_path, tiny, monkeypatch):
     real = backends.hf.HFGenerator.generate
 
-    def flaky(self, prompts, images, max_new_tokens):
-        if any(ims[0].getpixel((0, 0)) == first_pixel for ims in images):
+    def flaky(self, batch):
+        if any(r.images[0].getpixel((0, 0)) == first_pixel for r in batch):
             raise RuntimeError("boom\nsecond line")
-        return real(self, prompts, images, max_new_tokens)
+        return real(self, batch)
 
     data = FakeTask().load(str(tmp_path / "data"), "test")
     first_pixel = Image.open(data.samples[5].image).convert("RGB").getpixel((0, 0))
@@ -183,7 +183,7 @@ def test_resume_runs_only_the_missing_samples(tmp_path, tiny, monkeypatch):
     asked = []
     real = backends.hf.HFGenerator.generate
     monkeypatch.setattr(
-        backends.hf.HFGenerator, "generate", lambda self, p, i, n: asked.append(len(p)) or real(self, p, i, n)
+        backends.hf.HFGenerator, "generate", lambda self, batch: asked.append(len(batch)) or real(self, batch)
     )
     run(tmp_path, tiny, batch_size=4)
     assert sum(asked) == 7

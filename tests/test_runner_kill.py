@@ -13,6 +13,7 @@ from test_runner import FakeTask  # tests/ is on sys.path
 
 from harness.core.run import load_run
 from harness.models import resolve
+from harness.options import EvalOptions
 from harness.runner import run_eval
 
 TESTS = Path(__file__).resolve().parent
@@ -23,6 +24,7 @@ SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 import backends.hf
+from harness.options import EvalOptions
 from harness.runner import run_eval
 from test_runner import FakeTask
 
@@ -31,7 +33,7 @@ def slow(self, *args):
     time.sleep(0.1)
     return real(self, *args)
 backends.hf.HFGenerator.generate = slow
-run_eval(FakeTask(), "tiny", {data!r}, limit=20, batch_size=2, output_dir={out!r}, max_new_tokens=12, device="cpu")
+run_eval(FakeTask(), "tiny", EvalOptions(data={data!r}, limit=20, batch_size=2, output_dir={out!r}, max_new_tokens=12, device="cpu"))
 """
 
 
@@ -64,10 +66,14 @@ def test_sigkilled_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
 
     # A different batch size resumes the same run.
     resumed = run_eval(
-        FakeTask(), "tiny", data, limit=20, batch_size=4, output_dir=killed_out, max_new_tokens=12
+        FakeTask(),
+        "tiny",
+        EvalOptions(data=data, limit=20, batch_size=4, output_dir=killed_out, max_new_tokens=12),
     )
     assert resumed == run_dir
-    reference = run_eval(FakeTask(), "tiny", data, limit=20, output_dir=tmp_path / "ref", max_new_tokens=12)
+    reference = run_eval(
+        FakeTask(), "tiny", EvalOptions(data=data, limit=20, output_dir=tmp_path / "ref", max_new_tokens=12)
+    )
     _, records, metrics = load_run(resumed)
     _, ref_records, ref_metrics = load_run(reference)
     assert [r.id for r in records] == [f"s{i:03d}" for i in range(20)]  # exactly one record per sample

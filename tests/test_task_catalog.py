@@ -7,8 +7,8 @@ from collections import Counter
 
 from PIL import Image
 
-from conftest import make_task
-from tasks.data import SPLITS, assert_no_leakage
+from conftest import assert_disjoint, make_task
+from tasks.data import SPLITS
 from tasks.synthetic import CATEGORIES, build_catalog, generate_rows
 
 
@@ -66,7 +66,7 @@ def test_images_show_the_category(tmp_path):
 def test_synthetic_load_split_and_labels(tmp_path):
     task = make_task(synthetic_size=200)
     data = {split: task.load("synthetic", split, cache_dir=tmp_path) for split in SPLITS}
-    assert_no_leakage({k: v.samples for k, v in data.items()})
+    assert_disjoint({k: v.samples for k, v in data.items()})
     assert sum(len(d.samples) for d in data.values()) == 200
     assert len(data["test"].samples) > 10 and len(data["train"].samples) > len(data["test"].samples)
     info = data["test"].info

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import make_task
+from conftest import assert_disjoint, make_task
 from harness.core.errors import HarnessError
 from tasks import sources
-from tasks.data import SPLITS, assert_no_leakage, split_of
+from tasks.data import SPLITS, split_of
 from tasks.text import normalise
 
 
@@ -167,7 +167,7 @@ def test_local_tables(fmt, tmp_path):
         df.to_json(path, orient="records", lines=True)
     task = make_task()
     splits = {split: task.load(str(path), split, cache_dir=tmp_path / "cache") for split in SPLITS}
-    assert_no_leakage({k: v.samples for k, v in splits.items()})
+    assert_disjoint({k: v.samples for k, v in splits.items()})
     kept = {s.id for d in splits.values() for s in d.samples}
     excluded = {e.id: e.reason for d in splits.values() for e in d.excluded}
     assert set(excluded) == {"501", "503", "505", "509"}

@@ -18,7 +18,7 @@ from tasks.parsing import AnswerParser, ParseField, parse_number
 # The Burberry field set; the first alias of each field is the one its answer template writes.
 BURBERRY = (
     ParseField("name", "text", ("Product", "Product name", "Name", "Title", "Item")),
-    ParseField("category", "label", ("Category", "Product category", "Product type", "Type")),
+    ParseField("category", "text", ("Category", "Product category", "Product type", "Type")),
     ParseField("price", "price", ("Full price", "Retail price", "Price", "Cost", "MSRP")),
 )
 parse = AnswerParser(BURBERRY)
@@ -143,7 +143,7 @@ def test_config_errors_are_loud():
     with pytest.raises(ValueError):
         ParseField("x", "text", ())
     with pytest.raises(ValueError):
-        AnswerParser([ParseField("a", "text", ("Name",)), ParseField("b", "label", ("name",))])
+        AnswerParser([ParseField("a", "text", ("Name",)), ParseField("b", "text", ("name",))])
     with pytest.raises(ValueError):
         AnswerParser([ParseField("a", "text", ("A",)), ParseField("a", "text", ("B",))])
     assert ParseField("x", "text", ["X", "Y"]).labels == ("X", "Y")  # lists from a config file
@@ -209,8 +209,8 @@ def test_bare_form_round_trips(name, category, price):
 
 FOUR = (
     ParseField("title", "text", ("Title", "Product", "Name")),
-    ParseField("type", "label", ("Type", "Category")),
-    ParseField("colour", "label", ("Colour", "Color")),
+    ParseField("type", "text", ("Type", "Category")),
+    ParseField("colour", "text", ("Colour", "Color")),
     ParseField("price_eur", "price", ("Price", "Cost")),
 )
 parse_four = AnswerParser(FOUR)
@@ -230,7 +230,7 @@ def test_four_field_config_round_trips(title, kind, colour, price, alias):
 
 NO_PRICE = (
     ParseField("title", "text", ("Title", "Product")),
-    ParseField("colour", "label", ("Colour", "Color")),
+    ParseField("colour", "text", ("Colour", "Color")),
 )
 parse_no_price = AnswerParser(NO_PRICE)
 no_price_label_free = label_free(NO_PRICE)
@@ -276,7 +276,7 @@ def test_parser_never_raises(text):
         assert list(got) == [f.name for f in fields]
         for field in fields:
             v = got[field.name]
-            if field.kind == "price":
+            if field.rule == "price":
                 assert v is None or (isinstance(v, float) and math.isfinite(v))
             else:
                 assert v is None or (isinstance(v, str) and v)

@@ -132,3 +132,7 @@ def test_evaluate_modules_load_offline_and_equal_the_scorers_the_harness_calls()
     )
     label = evaluate.load(str(metrics / "label_match.py"), keep_in_memory=True)
     assert label.compute(predictions=["", "Bags"], references=["BAGS", "bags"])["exact"] == [0.0, 1.0]
+    known = ["BAGS", "SCARVES", "TRENCH COATS"]
+    mapped = label.compute(predictions=["", "a trench coat", "scarf"], references=["BAGS", "TRENCH COATS", "BAGS"], labels=known)  # fmt: skip
+    assert mapped == scorers.columns(scorers.label_scores, ["", "a trench coat", "scarf"], ["BAGS", "TRENCH COATS", "BAGS"], labels=known)  # fmt: skip
+    assert mapped["exact"] == [0.0, 0.0, 0.0] and mapped["mapped"] == [0.0, 1.0, 0.0]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import requests
 from harness.core.errors import HarnessError
 from harness.core.schema import TRAIN_MANIFEST_FILE, RunMetrics, TrainManifest
 
@@ -28,7 +29,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(workdir):
     import backends.trl
-    import harness.training
+    import harness.api
 
     seen: dict[str, list[str]] = {}
     real_train = backends.trl.train
@@ -40,9 +41,7 @@ def trained(workdir):
 
     backends.trl.train = spy
     try:
-        out = harness.training.run_training(
-            model="tiny", task="burberry", data="synthetic", epochs=6, n_eval=16
-        ).output_dir
+        out = harness.api.train("tiny", "burberry", data="synthetic", epochs=6, n_eval=16).output_dir
     finally:
         backends.trl.train = real_train
     return out, seen
@@ -73,16 +72,16 @@ def test_training_never_sees_the_test_split(trained):
 
 
 def test_tuned_beats_base_on_the_test_split(trained, workdir):
+    from harness.api import evaluate
     from harness.models import resolve
-    from harness.runner import run_eval
 
     out, _ = trained
     assert resolve("tiny-tuned").adapter == str(out.resolve())
     base = metrics_of(
-        run_eval(task="burberry", model="tiny", data="synthetic", split="test", max_new_tokens=48)
+        evaluate(task="burberry", model="tiny", data="synthetic", split="test", max_new_tokens=48).path
     )
     tuned = metrics_of(
-        run_eval(task="burberry", model="tiny-tuned", data="synthetic", split="test", max_new_tokens=48)
+        evaluate(task="burberry", model="tiny-tuned", data="synthetic", split="test", max_new_tokens=48).path
     )
     print(f"\nbase:  {base}\ntuned: {tuned}")
     assert tuned["parsed"] >= 0.9 > base["parsed"] + 0.5
@@ -115,8 +114,8 @@ def test_export_merged_loads_without_remote_code_and_answers_the_same(trained, w
     samples = task.load("synthetic", "test").samples[:12]
     images = [[Image.open(s.image).convert("RGB")] for s in samples]
     a, b = HFGenerator(merged, processor, "cpu"), HFGenerator(unmerged, base_processor, "cpu")
-    prompts = [a.render(task.messages(s)) for s in samples]
-    assert a.generate(prompts, images, 48) == b.generate(prompts, images, 48)
+    asked = requests([task.messages(s) for s in samples], images, 48)
+    assert a.generate(asked) == b.generate(asked)
     with pytest.raises(HarnessError, match="not empty"):
         export("tiny-tuned", merged_dir)
 
@@ -124,11 +123,10 @@ def test_export_merged_loads_without_remote_code_and_answers_the_same(trained, w
 def test_the_split_never_depends_on_the_training_seed_and_adapters_refuse_what_they_saw(workdir):
     """`harness train --seed 3` trains on exactly the task's train split; evaluating the adapter on
     samples or product groups it trained or validated on is refused in one line."""
-    from harness.runner import run_eval
-    from harness.training import run_training
+    from harness.api import evaluate, train
     from tasks import get_task
 
-    out = run_training(
+    out = train(
         model="tiny", task="burberry", data="synthetic", max_steps=1, seed=3, n_eval=2,
         output_dir=workdir / "outputs" / "seed3",
     ).output_dir  # fmt: skip
@@ -140,22 +138,19 @@ def test_the_split_never_depends_on_the_training_seed_and_adapters_refuse_what_t
     assert not set(manifest.train_groups) & {s.group for s in test.samples}
     for split in ("train", "validation"):
         with pytest.raises(HarnessError, match=r"data leak: adapter .* was trained or validated on \d+"):
-            run_eval(task="burberry", model=str(out), data="synthetic", split=split, limit=4)
+            evaluate(task="burberry", model=str(out), data="synthetic", split=split, limit=4)
 
 
 def test_a_finished_adapter_is_never_silently_replaced_or_its_old_results_reused(workdir):
-    from harness.runner import run_eval
-    from harness.training import run_training
+    from harness.api import evaluate, train
 
     out = workdir / "outputs" / "retrain"
     kw = dict(model="tiny", task="burberry", data="synthetic", n_eval=2, output_dir=out)
-    run_training(max_steps=1, **kw)
-    evaluate = dict(
-        task="burberry", model=str(out), data="synthetic", split="test", limit=4, max_new_tokens=8
-    )
-    first = run_eval(**evaluate)
+    train(max_steps=1, **kw)
+    options = dict(task="burberry", model=str(out), data="synthetic", split="test", limit=4, max_new_tokens=8)
+    first = evaluate(**options).path
     with pytest.raises(HarnessError, match="already holds a finished adapter; --resume .* --overwrite"):
-        run_training(max_steps=1, **kw)
-    run_training(max_steps=3, overwrite=True, **kw)
-    second = run_eval(**evaluate)
+        train(max_steps=1, **kw)
+    train(max_steps=3, overwrite=True, **kw)
+    second = evaluate(**options).path
     assert second != first and (second / "metrics.json").is_file()  # a new run, not "already finished"

@@ -13,10 +13,12 @@ from transformers import TrainerCallback
 
 from backends.hf import HFGenerator, load_model_and_processor
 from backends.trl import Example, TrainParams, VisionSFTCollator, image_token_ids, train
+from conftest import requests
 from harness.core.errors import HarnessError
+from harness.core.leakage import check_disjoint
 from harness.core.schema import Sample
 from harness.models import resolve
-from harness.training import _newest_unfinished, check_no_leak
+from harness.training import _newest_unfinished
 
 MESSAGES = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
@@ -75,7 +77,7 @@ def category_judge(processor, examples: list[Example]):
     def evaluate(model):
         gen = HFGenerator(model, processor, "cpu")
         images = [[Image.open(e.image).convert("RGB")] for e in examples]
-        outputs = [a.text for a in gen.generate([gen.render(e.messages) for e in examples], images, 16)]
+        outputs = [a.text for a in gen.generate(requests([e.messages for e in examples], images, 16))]
         hits = [categories[int(e.id) % 3] in out for e, out in zip(examples, outputs, strict=True)]
         rows = [(e.id, e.image, e.target, out) for e, out in zip(examples, outputs, strict=True)]
         return {"category_exact": sum(hits) / max(len(hits), 1)}, rows
@@ -251,11 +253,11 @@ def test_leaks_are_refused():
     def sample(i: str, group: str) -> Sample:
         return Sample(id=i, image="x.png", truth={"name": "n"}, group=group)
 
-    check_no_leak([sample("1", "a")], [sample("2", "b")], [sample("3", "c")])
-    with pytest.raises(HarnessError, match="data leak"):
-        check_no_leak([sample("1", "a")], [], [sample("1", "z")])
-    with pytest.raises(HarnessError, match="data leak"):  # another colour of a test product
-        check_no_leak([sample("1", "a")], [sample("2", "c")], [sample("3", "c")])
+    check_disjoint([sample("1", "a"), sample("2", "b")], [sample("3", "c")], "test")
+    with pytest.raises(HarnessError, match="data leak: 1 ids and 0 product groups"):
+        check_disjoint([sample("1", "a")], [sample("1", "z")], "test")
+    with pytest.raises(HarnessError, match="data leak: 0 ids and 1 product groups"):  # another colour
+        check_disjoint([sample("1", "a"), sample("2", "c")], [sample("3", "c")], "test")
 
 
 def test_resume_picks_the_newest_unfinished_run(tmp_path):

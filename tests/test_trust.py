@@ -10,6 +10,7 @@ import pytest
 from test_runner import FakeTask, outputs, run
 
 import backends.hf
+from conftest import requests
 from harness.core.errors import HarnessError
 from harness.core.run import load_run
 from harness.core.schema import ModelInfo
@@ -23,7 +24,7 @@ def tiny():
     return resolve("tiny")
 
 
-# ------------------------------------------------------------------ truncation (item 7)
+# ------------------------------------------------------------------ truncation
 
 
 def test_truncated_answers_are_recorded_and_counted(tmp_path, tiny):
@@ -37,15 +38,15 @@ def test_truncated_answers_are_recorded_and_counted(tmp_path, tiny):
 def test_stop_reason_end_is_told_apart_from_length(tmp_path, tiny):
     generator = backends.hf.load_generator(tiny, device="cpu")
     data = FakeTask().load(str(tmp_path / "data"), "test")
-    prompt = generator.render(FakeTask().messages(data.samples[0]))
+    messages = FakeTask().messages(data.samples[0])
     from PIL import Image
 
     image = Image.open(data.samples[0].image).convert("RGB")
-    first = generator.generate([prompt], [[image]], 6)[0]
+    first = generator.generate(requests([messages], [[image]], 6))[0]
     assert first.stop == "length" and first.n_tokens == 6
     emitted = generator.tokenizer(first.text, add_special_tokens=False)["input_ids"]
     generator.stop_ids = [emitted[1]]  # pretend its second token ends the turn
-    ended = generator.generate([prompt], [[image]], 6)[0]
+    ended = generator.generate(requests([messages], [[image]], 6))[0]
     assert (ended.stop, ended.n_tokens) == ("end", 2)
 
 
@@ -59,7 +60,7 @@ def test_default_budget_is_sized_from_the_task_targets(tmp_path, tiny):
     assert config.generation.resolved_max_new_tokens == math.ceil(1.25 * longest) + 8
 
 
-# ------------------------------------------------------------------ errors are not frozen (item 8)
+# ------------------------------------------------------------------ errors are not frozen
 
 
 def _failing_on(monkeypatch, bad_ids: set[str], tmp_path):
@@ -73,10 +74,10 @@ def _failing_on(monkeypatch, bad_ids: set[str], tmp_path):
         pixels.add(Image.open(path).convert("RGB").getpixel((0, 0)))
     real = backends.hf.HFGenerator.generate
 
-    def flaky(self, prompts, images, max_new_tokens):
-        if any(ims[0].getpixel((0, 0)) in pixels for ims in images):
+    def flaky(self, batch):
+        if any(r.images[0].getpixel((0, 0)) in pixels for r in batch):
             raise RuntimeError("device-side assert triggered")
-        return real(self, prompts, images, max_new_tokens)
+        return real(self, batch)
 
     monkeypatch.setattr(backends.hf.HFGenerator, "generate", flaky)
 
@@ -123,10 +124,10 @@ def test_cli_exits_non_zero_on_an_incomplete_run(tmp_path, monkeypatch):
     bad = {Image.open(s.image).convert("RGB").tobytes() for s in samples[:2]}  # 2 of 9 always fail
     real = backends.hf.HFGenerator.generate
 
-    def two_samples_fail(self, prompts, images, max_new_tokens):
-        if any(ims[0].tobytes() in bad for ims in images):
+    def two_samples_fail(self, batch):
+        if any(r.images[0].tobytes() in bad for r in batch):
             raise RuntimeError("flaky")
-        return real(self, prompts, images, max_new_tokens)
+        return real(self, batch)
 
     monkeypatch.setattr(backends.hf.HFGenerator, "generate", two_samples_fail)
     args = ["run", "--model", "tiny", "--data", "synthetic", "--limit", "9", "--max-new-tokens", "4"]
@@ -135,18 +136,18 @@ def test_cli_exits_non_zero_on_an_incomplete_run(tmp_path, monkeypatch):
     assert "INCOMPLETE" in result.output
 
 
-# ------------------------------------------------------------------ out of memory (item 9)
+# ------------------------------------------------------------------ out of memory
 
 
 def test_out_of_memory_halves_the_batch_and_says_so_once(tmp_path, tiny, monkeypatch, capsys):
     real = backends.hf.HFGenerator.generate
     sizes = []
 
-    def small_memory(self, prompts, images, max_new_tokens):
-        sizes.append(len(prompts))
-        if len(prompts) > 2:
+    def small_memory(self, batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, prompts, images, max_new_tokens)
+        return real(self, batch)
 
     monkeypatch.setattr(backends.hf.HFGenerator, "generate", small_memory)
     capsys.readouterr()
@@ -161,7 +162,7 @@ def test_out_of_memory_halves_the_batch_and_says_so_once(tmp_path, tiny, monkeyp
     ) == 2  # 8 -> 4, 4 -> 2: each halving said once
 
 
-# ------------------------------------------------------------------ stale reuse (item 2)
+# ------------------------------------------------------------------ stale reuse
 
 
 def test_a_finished_run_is_rescored_when_the_scorers_change(tmp_path, tiny, monkeypatch, capsys):

@@ -6,11 +6,9 @@ or a built tiny model (a finished re-run) costs no torch import.
 
 from __future__ import annotations
 
-import json
 from importlib import import_module
-from pathlib import Path
 
-__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VProcessor", "build_tiny_phi3v", "is_phi3v_dir", "load"]
+__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VProcessor", "build_tiny_phi3v", "load"]
 _LAZY = {
     "Phi3VConfig": ".configuration",
     "Phi3VForCausalLM": ".modeling",
@@ -24,15 +22,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def is_phi3v_dir(path) -> bool:
-    """A local directory whose config.json says model_type "phi3_v" (official or saved by us)."""
-    config = Path(path) / "config.json"
-    try:
-        return json.loads(config.read_text()).get("model_type") == "phi3_v"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def load(path, *, device: str = "cpu", num_crops: int | None = None, **from_pretrained):

@@ -131,11 +131,12 @@ class Phi3VProcessor:
     def __call__(
         self, text, images=None, padding_side: str = "left", return_tensors: str = "pt", padding=True
     ) -> BatchFeature:
-        """Rows are padded to the longest with <|endoftext|>; image i goes to the i-th image tag overall."""
+        """Rows are padded to the longest with <|endoftext|>; image i goes to the i-th image tag overall
+        (``images`` flat, or one list per prompt)."""
         if padding not in (True, "longest"):
             raise ValueError(f"padding: only padding to the longest prompt is supported, got {padding!r}")
         texts = [text] if isinstance(text, str) else list(text)
-        images = list(images or [])
+        images = [im for item in images or [] for im in (item if isinstance(item, list | tuple) else [item])]
         processed = [self.preprocess_image(image) for image in images]
         sizes = [size for _, size in processed]
         rows, used = [], 0

@@ -6,8 +6,6 @@ so tests exercise the real loading path in a few seconds.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 MARKER = ".tiny-phi3v-complete"
@@ -75,42 +73,33 @@ TINY_NUM_CROPS = 4
 
 
 def build_tiny_phi3v(path: Path) -> Path:
-    """Build tiny-phi3v into `path` unless a complete build is there; returns `path`.
-
-    Built in a sibling temporary directory and renamed into place, with a marker written last, so a
-    crash never leaves a directory that looks complete."""
+    """Build tiny-phi3v into `path` unless a complete build is there; returns `path`."""
     path = Path(path)
     if (path / MARKER).exists():
         return path
     import torch
 
-    from backends.tiny import write_recipe
+    from backends.tiny import save_built, write_recipe
 
     from .configuration import Phi3VConfig
     from .modeling import Phi3VForCausalLM
     from .processing import Phi3VProcessor, set_generation_tokens
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     config = Phi3VConfig(**TINY_CONFIG)
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         model = Phi3VForCausalLM(config).eval()
     set_generation_tokens(model)
     model.generation_config.bos_token_id = 1
-    model.save_pretrained(tmp)
     processor = Phi3VProcessor.from_pretrained(
         num_crops=TINY_NUM_CROPS,
         num_img_tokens=config.tokens_per_side**2,
         crop_size=config.vision_config.image_size,
     )
-    processor.save_pretrained(tmp)
-    write_recipe(tmp)  # the tiny models' training recipe (backends/tiny.py)
-    (tmp / MARKER).write_text("ok\n")
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished first: its build is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        write_recipe(directory)  # the tiny models' training recipe (backends/tiny.py)
+
+    return save_built(path, save, MARKER)

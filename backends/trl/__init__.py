@@ -14,7 +14,14 @@ import io
 with contextlib.redirect_stdout(io.StringIO()):
     import transformers.integrations.integration_utils  # noqa: F401 - the module that prints
 
-    from backends.trl.collator import Example, VisionSFTCollator, end_of_turn, image_token_ids, to_dataset
+    from backends.trl.collator import (
+        Example,
+        VisionSFTCollator,
+        answer_frame,
+        end_of_turn,
+        image_token_ids,
+        to_dataset,
+    )
     from backends.trl.recipe import TrainParams, count_params, default_params, lora_target_regex, read_recipe
     from backends.trl.trainer import TrainResult, setup_wandb, train
 
@@ -23,6 +30,7 @@ __all__ = [
     "TrainParams",
     "TrainResult",
     "VisionSFTCollator",
+    "answer_frame",
     "count_params",
     "default_params",
     "end_of_turn",

@@ -1,7 +1,7 @@
 """What the trainer reports while it trains: the evaluation-first callback and a compact log line.
 
 The callback knows nothing of tasks: it is handed ``evaluate(model) -> (metrics, rows)`` by the
-caller (harness/train.py), which generates through the same loop as `harness run` and scores with
+caller (harness/training.py), which generates through the same loop as `harness run` and scores with
 the task's own parser and scorers, so the numbers during training mean what a run's numbers mean.
 """
 

@@ -11,6 +11,8 @@ from PIL import Image
 
 from harness.core.errors import HarnessError
 
+MARKER = "\x00ANSWER\x00"
+
 
 @dataclass(frozen=True)
 class Example:
@@ -26,25 +28,34 @@ def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
 
 
-def end_of_turn(processor) -> tuple[str, list[int]]:
-    """What follows an answer, as the model's own chat template ends an assistant turn, plus eos.
+def answer_frame(processor) -> tuple[str, str, list[int]]:
+    """How the model's own chat template frames an answer: what it writes between the generation
+    prompt and the answer, what ends the turn, and the eos ids to add when that end holds no eos.
 
-    Rendered, not assumed: the Phi-3 family gives ``<|end|>\\n`` then ``<|endoftext|>`` (the
-    CookBook's ``{answer}<|end|>\\n<|endoftext|>``); a template that adds nothing gives just eos.
+    Rendered, not assumed: Phi-3 gives ``("", "<|end|>\\n", [<|endoftext|>])`` (the CookBook's
+    ``{answer}<|end|>\\n<|endoftext|>``); SmolVLM's ``Assistant:`` is followed by a space before the
+    answer; a template that adds nothing gives just eos.
     """
     tokenizer = _tokenizer(processor)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise HarnessError(f"tokenizer {type(tokenizer).__name__} has no eos token")
-    marker = "\x00ANSWER\x00"
-    turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": marker}]
+    question = [{"role": "user", "content": "Q"}]
     try:
-        rendered = processor.apply_chat_template(turns, add_generation_prompt=False, tokenize=False)
-        suffix = rendered.split(marker, 1)[1]
-    except Exception:  # noqa: BLE001 - no usable template: end with eos alone
-        suffix = ""
-    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-    return suffix, [] if eos in ids else [eos]
+        full = processor.apply_chat_template([*question, {"role": "assistant", "content": MARKER}], add_generation_prompt=False, tokenize=False)  # fmt: skip
+        prompt = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+        before, after = full.split(MARKER, 1)
+    except Exception:  # noqa: BLE001 - no usable template: the answer, then eos
+        return "", "", [eos]
+    prefix = before[len(prompt) :] if before.startswith(prompt) else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    return prefix, after, [] if eos in ids else [eos]
+
+
+def end_of_turn(processor) -> tuple[str, list[int]]:
+    """What follows an answer (see :func:`answer_frame`): the turn's end text and the eos to add."""
+    _, end, eos = answer_frame(processor)
+    return end, eos
 
 
 def image_token_ids(model_or_processor) -> set[int]:
@@ -58,58 +69,85 @@ def image_token_ids(model_or_processor) -> set[int]:
     return ids
 
 
+def _images(example: dict, messages: list[dict]) -> list[Image.Image]:
+    """The images a conversation shows, in order: each image part's own file, else the example's."""
+    paths = [
+        part.get("path") or example.get("image_path") or example["image"]
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image"
+    ]
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    return images
+
+
 class VisionSFTCollator:
     """Turns examples into a right-padded training batch whose labels cover the answer only.
 
-    Each prompt goes through the processor with its image (so pixel values and image tokens are
-    real); the answer is tokenized on its own and its ids appended, so the prompt/answer boundary is
-    exact whatever the tokenizer merges (pitfall 5). ``labels`` is a new tensor: the Phi-3-Vision
-    reference model clamps ``input_ids`` in place, which would corrupt an aliased label tensor.
+    The prompts of a batch go through the processor together with their images (so pixel values,
+    image tokens and every per-token input a family needs are the processor's own, padded by it);
+    each answer is tokenized on its own and its ids appended to its prompt, so the prompt/answer
+    boundary is exact whatever the tokenizer merges (pitfall 5). Per-token inputs the processor
+    returns beside the ids (Gemma 3's ``token_type_ids``, Qwen's ``mm_token_type_ids``) are extended
+    over the answer as text. ``labels`` is a new tensor: the Phi-3-Vision reference model clamps
+    ``input_ids`` in place, which would corrupt an aliased label tensor.
     """
 
     def __init__(self, processor, image_ids: set[int] | None = None):
         self.processor = processor
         self.tokenizer = _tokenizer(processor)
-        self.end_text, self.end_ids = end_of_turn(processor)
+        self.prefix, self.end_text, self.end_ids = answer_frame(processor)
         self.image_ids = set(image_ids or ()) | image_token_ids(processor)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
-    def encode(self, example: dict) -> dict[str, torch.Tensor]:
-        messages = example["messages"]
-        if isinstance(messages, str):
-            messages = json.loads(messages)
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        with Image.open(example.get("image_path") or example["image"]) as img:
-            enc = self.processor(text=[prompt], images=[img.convert("RGB")], return_tensors="pt")
-        prompt_ids = enc.pop("input_ids")[0]
-        enc.pop("attention_mask", None)
-        answer = self.tokenizer(example["target"] + self.end_text, add_special_tokens=False)["input_ids"]
-        answer_ids = torch.tensor(list(answer) + self.end_ids, dtype=prompt_ids.dtype)
-        input_ids = torch.cat([prompt_ids, answer_ids])
-        labels = torch.cat([torch.full_like(prompt_ids, -100), answer_ids.clone()])
-        masked = input_ids < 0  # Phi-3-Vision marks image slots with negative ids
-        for token in self.image_ids:
-            masked |= input_ids == token
-        labels[masked] = -100
-        return {"input_ids": input_ids, "labels": labels, **dict(enc)}
+    def answer_ids(self, target: str) -> list[int]:
+        text = self.prefix + target + self.end_text
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + self.end_ids
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        items = [self.encode(f) for f in features]
-        width = max(len(i["input_ids"]) for i in items)
+        prompts, images, answers = [], [], []
+        for feature in features:
+            messages = feature["messages"]
+            if isinstance(messages, str):
+                messages = json.loads(messages)
+            prompts.append(
+                self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            )
+            images.append(_images(feature, messages))
+            answers.append(self.answer_ids(feature["target"]))
+        enc = self.processor(
+            text=prompts, images=images, padding=True, padding_side="right", return_tensors="pt"
+        )
+        ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+        lengths = mask.sum(dim=1).tolist()
+        per_token = [k for k, v in enc.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape]
+        width = max(n + len(a) for n, a in zip(lengths, answers, strict=True))
         batch: dict[str, Any] = {
-            "input_ids": torch.full((len(items), width), self.pad_id, dtype=items[0]["input_ids"].dtype),
-            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-            "labels": torch.full((len(items), width), -100, dtype=torch.long),
+            "input_ids": torch.full((len(features), width), self.pad_id, dtype=ids.dtype),
+            "attention_mask": torch.zeros((len(features), width), dtype=mask.dtype),
+            "labels": torch.full((len(features), width), -100, dtype=torch.long),
+            **{k: torch.zeros((len(features), width), dtype=enc[k].dtype) for k in per_token},
         }
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            batch["input_ids"][row, :n] = item["input_ids"]
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = item["labels"]
-        for key in items[0]:  # image tensors: one row per example
-            if key not in batch:
-                batch[key] = torch.cat([torch.as_tensor(i[key]) for i in items])
+        for row, (n, answer) in enumerate(zip(lengths, answers, strict=True)):
+            answer_ids = torch.tensor(answer, dtype=ids.dtype)
+            total = n + len(answer)
+            batch["input_ids"][row, :total] = torch.cat([ids[row, :n], answer_ids])
+            batch["attention_mask"][row, :total] = 1
+            batch["labels"][row, n:total] = (
+                answer_ids  # the prompt (its images too) and the padding stay -100
+            )
+            for key in per_token:  # the answer is text: 0, as the processor marks text
+                batch[key][row, :n] = enc[key][row, :n]
+        masked = batch["input_ids"] < 0  # Phi-3-Vision marks image slots with negative ids
+        for token in self.image_ids:
+            masked |= batch["input_ids"] == token
+        batch["labels"][masked] = -100
+        batch.update({k: v for k, v in enc.items() if k not in per_token})  # pixel values, image sizes...
         return batch
 
 

@@ -1,14 +1,16 @@
-"""The training recipe: hyper-parameters, LoRA targets, and a model directory's own overrides.
+"""The training recipe: hyper-parameters, LoRA targets, and a family's and a model directory's overrides.
 
 The defaults are the Phi-3-Vision LoRA recipe for one GPU (the Phi-3 CookBook's: bf16, gradient
-checkpointing, lr 4e-5, r 64). A model directory may ship ``harness-recipe.json`` with overrides
-for itself: the tiny random test models do (a high lr and trainable embeddings, without which LoRA
-on random weights barely learns); no size threshold or test knowledge lives here.
+checkpointing, lr 4e-5, r 64). A model family may override them for its checkpoints
+(backends/families), and a model directory may ship ``harness-recipe.json`` for itself: the tiny
+random test models do (a high lr and trainable embeddings, without which LoRA on random weights
+barely learns); no size threshold or test knowledge lives here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,9 @@ from typing import Any
 import torch
 
 from backends.base import RECIPE_FILE
+from backends.families import family_of
 from harness.core.errors import HarnessError
 
-# LoRA targets by family: the attention and MLP projections of the text model.
-PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-PROJECTOR_TARGETS = (r"img_projection\.[02]", r"multi_modal_projector\.linear_[12]")
-# CLIP's own linears (the CookBook's optional vision targets).
-VISION_TARGETS = (r"(vision_model|vision_tower)\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)",)
-LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EMBEDDINGS = "embeddings"  # in a recipe's modules_to_save: the text model's input embedding and head
 
 
@@ -83,10 +80,10 @@ def read_recipe(model_dir: str | Path) -> dict[str, Any]:
 
 def default_params(model: torch.nn.Module, device: str, recipe: dict[str, Any] | None = None) -> TrainParams:
     """The recipe for ``device`` (bf16 and gradient checkpointing on a GPU only: on a CPU they raise
-    or crawl), with the model directory's own overrides on top."""
+    or crawl), with the model family's overrides, then the model directory's own, on top."""
     cuda = str(device).startswith("cuda")
     params = TrainParams(bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=cuda)
-    for key, value in (recipe or {}).items():
+    for key, value in {**family_of(model).recipe, **(recipe or {})}.items():
         if key == "modules_to_save" and value == EMBEDDINGS:
             value = embedding_paths(model)
         setattr(params, key, value)
@@ -104,19 +101,21 @@ def embedding_paths(model: torch.nn.Module) -> list[str]:
 
 
 def lora_target_regex(model: torch.nn.Module, *, projector: bool = False, vision: bool = False) -> str:
-    """The text model's attention and MLP projections (and with ``projector``, the image projector's
-    linears), found by the module names present.
+    """The text model's linears the model's family names (and with ``projector`` / ``vision``, the
+    image projector's / the vision tower's), found by the module names present.
 
-    A regex (peft fullmatches it) rather than bare names, so the vision tower's own q_proj/k_proj/...
+    A regex (peft fullmatches it) rather than bare names, so the image path's own q_proj/k_proj/...
     are left alone: it is pretrained and the image features stay as the base model made them.
     """
+    family = family_of(model)
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    family = PHI3_TARGETS if "qkv_proj" in leaves else LLAMA_TARGETS
-    found = [t for t in family if t in leaves]
+    found = [t for t in family.lora_text if t in leaves]
     if not found:
         raise HarnessError(
-            f"no LoRA target modules found in {type(model).__name__} (looked for {', '.join(family)})"
+            f"no LoRA target modules found in {type(model).__name__} (its family {family.name!r} names "
+            f"{', '.join(family.lora_text)})"
         )
-    extra = (PROJECTOR_TARGETS if projector else ()) + (VISION_TARGETS if vision else ())
-    text = rf"(?!.*(vision|img_)).*\.({'|'.join(found)})"
+    extra = (family.lora_projector if projector else ()) + (family.lora_vision if vision else ())
+    image = "|".join(map(re.escape, family.image_modules))
+    text = (rf"(?!(.*\.)?({image})\.)" if image else "") + rf".*\.({'|'.join(found)})"
     return rf"^({text}|.*\.({'|'.join(extra)}))$" if extra else f"^{text}$"

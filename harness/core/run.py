@@ -7,6 +7,7 @@ predictions through the same :func:`harness.core.store.read_all_records`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,21 @@ from harness.core.schema import (
     Record,
     RunConfig,
     RunMetrics,
+    spec_with_role,
 )
-from harness.core.store import _read_config, _read_metrics, latest, rank_files, read_all_records
+from harness.core.store import latest, rank_files, read_all_records, read_config, read_metrics
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A run directory holds config.json and its predictions (one file, or one per process of an
+    unfinished data-parallel run): a model's own config.json does not make one."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and ((path / PREDICTIONS_FILE).is_file() or bool(rank_files(path)))
+
+
+def run_dirs(root: str | Path) -> list[Path]:
+    """Every run directory under ``root``, in path order."""
+    return sorted(p.parent for p in Path(root).rglob(CONFIG_FILE) if is_run_dir(p.parent))
 
 
 def load_run(directory: Path) -> tuple[RunConfig, list[Record], RunMetrics | None]:
@@ -30,10 +44,33 @@ def load_run(directory: Path) -> tuple[RunConfig, list[Record], RunMetrics | Non
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise HarnessError(f"{directory}: not a run directory (no {CONFIG_FILE})")
-    config = _read_config(config_path)
+    config = read_config(config_path)
     metrics_path = directory / METRICS_FILE
-    metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
+    metrics = read_metrics(metrics_path) if metrics_path.exists() else None
     return config, read_all_records(directory), metrics
+
+
+@dataclass(frozen=True)
+class Failures:
+    """How many samples failed and how: the counts behind the rates, one definition for every reader."""
+
+    errors: int  # errored (unreadable image, failed generation): scored as wrong
+    not_parsed: int  # answered, but not every field read
+    truncated: int  # cut at max_new_tokens
+
+    @classmethod
+    def of(cls, records: list[Record], specs: Iterable[MetricSpec]) -> Failures:
+        parse_rate = spec_with_role(specs, "parse_rate")
+        return cls(
+            errors=sum(r.error is not None for r in records),
+            not_parsed=sum(r.error is None and not_parsed(r, parse_rate) for r in records),
+            truncated=sum(r.stop == "length" for r in records),
+        )
+
+
+def not_parsed(record: Record, parse_rate: MetricSpec | None) -> bool:
+    """The record's answer did not have every field read (an error counts: nothing was read)."""
+    return record.error is not None or (parse_rate is not None and record.scores.get(parse_rate.name) == 0)
 
 
 @dataclass
@@ -45,7 +82,6 @@ class Run:
     records: list[Record]
     metrics: RunMetrics | None = None
     torn_last_line: bool = False
-    duplicates: int = 0
 
     @property
     def ids(self) -> set[str]:
@@ -66,6 +102,14 @@ class Run:
         return self.config.fields
 
     @property
+    def failures(self) -> Failures:
+        """As metrics.json counted them; counted from the records for an unfinished run."""
+        if self.metrics is not None:
+            m = self.metrics
+            return Failures(m.n_errors, m.n_parse_failures, m.n_truncated)
+        return Failures.of(self.records, self.specs.values())
+
+    @property
     def complete(self) -> bool:
         return self.metrics is not None and self.metrics.status == "complete"
 
@@ -83,9 +127,7 @@ def read_run(path: str | Path) -> Run:
     if not pred_file.is_file() and not rank_files(path):
         raise HarnessError(f"{pred_file}: missing (the run wrote no predictions)")
     by_id = latest(records)
-    return Run(
-        path, config, list(by_id.values()), metrics, _ends_mid_line(pred_file), len(records) - len(by_id)
-    )
+    return Run(path, config, list(by_id.values()), metrics, _ends_mid_line(pred_file))
 
 
 def why_incomplete(run: Run) -> str | None:

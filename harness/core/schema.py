@@ -12,11 +12,12 @@ on a machine without them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: metric specs carry a role
 
 
 FieldValue = str | float
@@ -70,11 +71,19 @@ class Record(BaseModel):
     batch_size: int | None = None  # size of the generate call that produced it
 
 
+# What a metric measures, which is what reports choose it by (never by its name):
+# accuracy: 0/1 right or wrong; similarity: closeness, higher is better; error / relative_error:
+# distance from the truth (relative: a share of it), lower is better; read_rate: a field was read;
+# parse_rate: every field was read.
+Role = Literal["accuracy", "similarity", "error", "relative_error", "read_rate", "parse_rate"]
+
+
 class MetricSpec(BaseModel):
     """What a metric means, read by every writer and reader (reports never hard-code a metric)."""
 
     name: str
     label: str
+    role: Role
     higher_is_better: bool = True
     binary: bool = False  # 0/1 per sample: McNemar in comparisons; otherwise Wilcoxon
     fill_missing: bool = True  # a missing value counts as 0 (a failure); else only defined pairs count
@@ -82,6 +91,24 @@ class MetricSpec(BaseModel):
     per_group: bool = False  # shown in the per-label tables (one per label field)
     unit: str | None = None
     field: str | None = None  # the answer field it scores; None for whole-answer metrics
+    primary: bool = False  # the task's headline metric: what a leaderboard ranks by unless told
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_of_a_version_2_run(cls, data: Any) -> Any:
+        """Runs written before roles (schema 2) named their metrics by a fixed scheme: read it once here."""
+        if isinstance(data, dict) and "role" not in data and "name" in data:
+            name = data["name"]
+            suffixes = {"_similarity": "similarity", "_ape": "relative_error", "_abs_error": "error",
+                        "_log_error": "error", "_read": "read_rate"}  # fmt: skip
+            role = next((r for end, r in suffixes.items() if name.endswith(end)), "accuracy")
+            data = {**data, "role": "parse_rate" if name == "parsed" else role}
+        return data
+
+
+def spec_with_role(specs: Iterable[MetricSpec], role: Role, field: str | None = None) -> MetricSpec | None:
+    """The first spec of ``role`` (for ``field`` when given): how readers find a metric."""
+    return next((s for s in specs if s.role == role and (field is None or s.field == field)), None)
 
 
 class MetricValue(BaseModel):
@@ -113,6 +140,9 @@ class DataInfo(BaseModel):
     group_by: str = ""  # what a sample's group is (its rows never straddle splits)
     manifest: str | None = None  # path of the data manifest (with the excluded rows)
     budget_targets: list[str] = Field(default_factory=list)  # longest targets of the catalog (all splits)
+    train_labels: dict[str, list[str]] = Field(
+        default_factory=dict
+    )  # label field -> train labels, commonest first
     units: dict[str, str] = Field(default_factory=dict)  # field -> unit (e.g. a currency)
 
 
@@ -121,8 +151,8 @@ class ModelInfo(BaseModel):
     path: str  # hub id or local directory actually loaded
     revision: str | None = None  # for a hub id, the commit sha it resolved to when the run started
     adapter: str | None = None  # LoRA adapter directory evaluated (unmerged) on top of `path`
-    family: str = "hf"  # "hf" (Auto classes), "phi3v" (native) or "api" (a served model)
-    endpoint: str | None = None  # "api": the OpenAI-compatible base URL (path = the served model's name)
+    family: str = "hf"  # a registered model family (backends/families): "hf" is any Auto-class model
+    endpoint: str | None = None  # a served model's OpenAI-compatible base URL (path = its served name)
     trust_remote_code: bool = False
     num_crops: int | None = None  # Phi-3-Vision image crops (16 for 3.0, 4 for 3.5); None = model default
     attn_implementation: str = "sdpa"

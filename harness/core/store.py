@@ -15,8 +15,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from harness.core.errors import HarnessError
 from harness.core.schema import (
@@ -26,7 +27,10 @@ from harness.core.schema import (
     Record,
     RunConfig,
     RunMetrics,
+    TrainManifest,
 )
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def run_identity(config: RunConfig) -> dict:
@@ -110,7 +114,7 @@ def read_records(path: Path, repair: bool = False) -> list[Record]:
             continue
         try:
             records.append(Record.model_validate_json(line))
-        except ValidationError as err:
+        except ValueError as err:  # pydantic's ValidationError is a ValueError
             raise HarnessError(f"{path}, line {number}: not a valid record: {err}".splitlines()[0]) from err
     if repair and len(complete) < len(data):
         with open(path, "r+b") as f:
@@ -183,13 +187,13 @@ class RunStore:
             write_atomic(self.config_path, config.model_dump_json(indent=2) + "\n")
 
     def read_config(self) -> RunConfig:
-        return _read_config(self.config_path)
+        return read_config(self.config_path)
 
     def finished(self) -> RunMetrics | None:
         """The metrics of a complete run; None while unfinished or incomplete (a re-run retries errors)."""
         if not self.metrics_path.exists():
             return None
-        metrics = _read_metrics(self.metrics_path)
+        metrics = read_metrics(self.metrics_path)
         return metrics if metrics.status == "complete" else None
 
     def records(self) -> list[Record]:
@@ -228,15 +232,21 @@ class RunStore:
         write_atomic(self.predictions_path, "".join(r.model_dump_json() + "\n" for r in records))
 
 
-def _read_metrics(path: Path) -> RunMetrics:
-    try:
-        return RunMetrics.model_validate_json(path.read_text())
-    except (OSError, ValidationError) as err:
-        raise HarnessError(f"{path}: not a valid {METRICS_FILE}: {err}".splitlines()[0]) from err
+def read_metrics(path: Path) -> RunMetrics:
+    return _read(RunMetrics, path)
 
 
-def _read_config(path: Path) -> RunConfig:
+def read_config(path: Path) -> RunConfig:
+    return _read(RunConfig, path)
+
+
+def read_manifest(path: Path) -> TrainManifest:
+    return _read(TrainManifest, path)
+
+
+def _read(model: type[M], path: Path) -> M:
+    """One of the run store's JSON files, validated; a one-line error naming the file otherwise."""
     try:
-        return RunConfig.model_validate_json(path.read_text())
-    except (OSError, ValidationError) as err:
-        raise HarnessError(f"{path}: not a valid {CONFIG_FILE}: {err}".splitlines()[0]) from err
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise HarnessError(f"{path}: not a valid {path.name}: {err}".splitlines()[0]) from err

@@ -1,4 +1,5 @@
-"""`evaluate` module: per-sample label exact match after normalisation (tasks/scorers.py)."""
+"""`evaluate` module: per-sample label exact match after normalisation, and the match of the nearest
+known label when ``labels`` are given (tasks/scorers.py)."""
 
 from __future__ import annotations
 
@@ -15,5 +16,5 @@ class LabelMatch(evaluate.Metric):
             description=label_scores.__doc__, citation="", features=string_features(datasets)
         )
 
-    def _compute(self, predictions, references):
-        return columns(label_scores, predictions, references)
+    def _compute(self, predictions, references, labels=None):
+        return columns(label_scores, predictions, references, labels=labels)
