@@ -18,6 +18,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pytest itself, and far steadier.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Before torch allocates: large freed CPU buffers stay mapped instead of being unmapped and faulted
+# in again on every training step, as `harness` itself does (harness/core/allocator.py).
+# HARNESS_MALLOC=0, or the user's own MALLOC_* / GLIBC_TUNABLES, leave malloc alone.
+from harness.core.allocator import tune_malloc  # noqa: E402
+
+tune_malloc()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():

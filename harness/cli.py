@@ -39,6 +39,9 @@ def main(
     ] = False,
 ) -> None:
     """Evaluation-first benchmarks for vision-language models on product catalogs."""
+    from harness.core.allocator import tune_malloc
+
+    tune_malloc()  # before any subcommand allocates: large CPU tensors stay mapped (HARNESS_MALLOC=0: off)
     if not verbose:
         quiet_libraries()
 
