@@ -146,7 +146,7 @@ def models_cmd() -> None:
     from harness.models import list_models
 
     for name, description in list_models():
-        typer.echo(f"{name:<16} {description}")
+        typer.echo(f"{name:<22} {description}")
 
 
 def _help(options: type, name: str) -> str:

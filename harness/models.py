@@ -231,9 +231,13 @@ def check_remote_code(info: ModelInfo) -> None:
 
 
 def list_models() -> list[tuple[str, str]]:
-    """(name, one-line description) of every built-in, alias and training output: ``harness models``."""
+    """(name, one-line description) of every named model (with its family; README "Model families" says
+    what the tests show for each), alias and training output: ``harness models``."""
     settings = load_settings()
-    rows = [(name, spec.description) for name, (_, spec) in named_models().items()]
+    rows = [
+        (name, f"[{family.name}] {spec.description}" + (f" ({spec.path}@{spec.revision[:7]})" if spec.path and spec.revision else ""))
+        for name, (family, spec) in named_models().items()
+    ]  # fmt: skip
     rows += [(alias, f"alias of {target}") for alias, target in sorted(settings.aliases.items())]
     rows.append(("tuned", f"alias of {canonical('base', settings)}-tuned"))
     try:

@@ -22,7 +22,7 @@ alone when ``HARNESS_MALLOC=0`` (or off/false/no), or when the user tuned malloc
 or an ``LD_PRELOAD`` of another allocator (jemalloc, tcmalloc, mimalloc) in the environment.
 
 Measured on `harness demo` (2 CPUs): system time 42 % -> 1 % of CPU time, minor faults 116 M ->
-0.5 M, wall time 2.5x shorter, outputs byte-identical. The price is memory: freed blocks up to the
+0.5 M, wall time 2.5x shorter, outputs byte-identical. The cost is memory: freed blocks up to the
 threshold stay in the heap, and glibc < 2.38 reuses one for a same-size ``posix_memalign`` (torch
 aligns to 64 bytes) only once it has merged with a neighbour, so peak RSS rose by ~430 MiB (+28 %)
 on the demo. Blocks above ``MMAP_THRESHOLD`` (e.g. a whole checkpoint read into memory) are still
