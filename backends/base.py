@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 RECIPE_FILE = "harness-recipe.json"
 
 
+def image_parts(messages: list[dict]) -> list[dict]:
+    """The image parts of a conversation in the chat format, in the order the model sees them."""
+    return [
+        part
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image"
+    ]
+
+
+def image_paths(messages: list[dict], default: str | None = None) -> list[str]:
+    """The file each image part shows (its "path"; ``default`` for a part without one), in order."""
+    return [part.get("path") or default for part in image_parts(messages)]
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One conversation to answer, greedily.
@@ -29,13 +45,7 @@ class GenerationRequest:
     min_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        shown = sum(
-            1
-            for m in self.messages
-            if isinstance(m.get("content"), list)
-            for part in m["content"]
-            if isinstance(part, dict) and part.get("type") == "image"
-        )
+        shown = len(image_parts(self.messages))
         if shown != len(self.images):
             raise ValueError(f"the messages show {shown} images but {len(self.images)} were given")
 

@@ -108,7 +108,8 @@ def leaderboard(
     from reports.leaderboard import build, collect
 
     task_name = _task_name(task) if task else None
-    paths = [p for item in runs or [] for p in _run_paths(item, task_name, data, Path(output_dir))]
+    found_paths = [p for item in runs or [] for p in _run_paths(item, task_name, data, Path(output_dir))]
+    paths = list(dict.fromkeys(p.resolve() for p in found_paths))  # a run named twice counts once
     found, skipped = collect(paths or None, task=task_name, data=data, output_dir=Path(output_dir), allow_incomplete=allow_incomplete)  # fmt: skip
     board = build(found, metric=metric, alpha=alpha)
     board.skipped = skipped
@@ -116,15 +117,24 @@ def leaderboard(
 
 
 def _run_paths(item: Run | str | Path, task: str | None, data: str | None, output_dir: Path) -> list[Path]:
-    """A run, a run directory, or a model name's runs (newest first)."""
-    from harness.core.run import is_run_dir
+    """A run, a run directory, or a model name's newest run on each test set and prompt (a finished,
+    complete one where there is one: an old interrupted run of the model does not stand for it)."""
+    from harness.core.run import is_run_dir, why_incomplete
     from harness.identity import find_runs
 
     if isinstance(item, Run):
         return [item.path]
     if is_run_dir(item):
         return [Path(item)]
-    return find_runs(str(item), task=task or DEFAULT_TASK, data=data, runs_dir=output_dir)
+    newest: dict[tuple, Run] = {}
+    for path in find_runs(
+        str(item), task=task or DEFAULT_TASK, data=data, runs_dir=output_dir
+    ):  # newest first
+        run = read_run(path)
+        key = (run.config.data.fingerprint, run.config.data.split, run.config.prompt)
+        if key not in newest or (why_incomplete(newest[key]) and not why_incomplete(run)):
+            newest[key] = run
+    return [run.path for run in newest.values()]
 
 
 def _task_name(task: str) -> str:

@@ -376,7 +376,7 @@ def leaderboard_cmd(
         for e in b.entries:
             value = "-" if e.value is None else f"{e.value:.4g}"
             mark = "=" if tied and e.rank == 1 else " "
-            typer.echo(f"  {e.rank:>2}{mark} {e.name} [{e.run.config.prompt_name}] {value}")
+            typer.echo(f"  {e.rank or '-':>2}{mark} {e.name} [{e.run.config.prompt_name}] {value}")
     if board.skipped:
         typer.echo(f"left out {len(board.skipped)} run(s): " + "; ".join(board.skipped[:3]), err=True)
     typer.echo(f"leaderboard: {path}")

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from backends.base import Generation, GenerationRequest, Generator
+from backends.base import Generation, GenerationRequest, Generator, image_paths
 from harness.core.errors import HarnessError, one_line
 from harness.core.schema import Record, Sample
 from harness.options import EvalOptions
@@ -149,7 +149,15 @@ def _as_completed(task, generator, samples, settings, concurrency: int) -> Itera
             pending.difference_update(finished)
             for _ in finished:
                 send()  # the window stays full: a new request for each answer
-            yield [record for future in finished for record in future.result()]
+            records, failures = [], []
+            for future in finished:
+                try:
+                    records += future.result()
+                except Exception as err:  # noqa: BLE001 - the others' records are stored first
+                    failures.append(err)
+            yield records
+            if failures:
+                raise failures[0]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -173,7 +181,7 @@ def run_batch(task: Task, generator: Generator, samples: list[Sample], settings:
         try:
             messages = task.messages(sample)
             prompts[sample.id] = generator.render(messages)
-            images = [_open_image(path) for path in image_paths(messages, sample)]
+            images = [_open_image(path) for path in image_paths(messages, sample.image)]
             ready.append((sample, GenerationRequest(messages, images, **settings)))
         except Exception as err:  # one unreadable image is that sample's error
             results[sample.id] = {"error": f"image: {one_line(err)}"}
@@ -188,8 +196,11 @@ def run_batch(task: Task, generator: Generator, samples: list[Sample], settings:
             if is_out_of_memory(err) and len(ready) > 1:
                 generator.release_memory()
                 raise OutOfMemory(str(err)) from err
-            for sample, request in ready:
-                results[sample.id] = _generate_one(generator, request)
+            if len(ready) == 1:  # nothing to tell apart: asking again would only repeat the failure
+                results[ready[0][0].id] = _failed(generator, err)
+            else:
+                for sample, request in ready:
+                    results[sample.id] = _generate_one(generator, request)
     return _records(task, samples, prompts, results)
 
 
@@ -209,22 +220,14 @@ def _generate_one(generator: Generator, request: GenerationRequest) -> dict:
     try:
         answer = generator.generate([request])[0]
     except Exception as err:
-        if is_out_of_memory(err):
-            generator.release_memory()
-        return {"error": f"generation: {one_line(err)}", "batch_size": 1}
+        return _failed(generator, err)
     return _answer(answer, time.perf_counter() - t0, 1)
 
 
-def image_paths(messages: list[dict], sample: Sample) -> list[str]:
-    """The images a conversation shows, in order (few-shot examples first, the sample's last)."""
-    parts = [
-        p
-        for m in messages
-        if isinstance(m["content"], list)
-        for p in m["content"]
-        if p.get("type") == "image"
-    ]
-    return [p.get("path") or sample.image for p in parts]
+def _failed(generator: Generator, err: Exception) -> dict:
+    if is_out_of_memory(err):
+        generator.release_memory()
+    return {"error": f"generation: {one_line(err)}", "batch_size": 1}
 
 
 def _open_image(path: str):

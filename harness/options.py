@@ -51,7 +51,9 @@ class EvalOptions(_Options):
         None, description="hub | synthetic | path to CSV/Parquet/JSONL (default: the task's)."
     )
     split: Split = Field("test", description="train | validation | test.")
-    prompt: str = Field("default", description="The task's prompt variant: default | instructed | few-shot.")
+    prompt: str = Field(
+        "default", description="The task's prompt variant: default | instructed | few-shot | choices."
+    )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
     batch_size: int = Field(8, ge=1, description="Generation batch size (outputs do not depend on it).")
     output_dir: Path = Field(Path("runs"), description="Where run directories go.")

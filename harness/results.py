@@ -31,6 +31,7 @@ def rescore(task: Task, store: RunStore, data: TaskData, old: RunMetrics) -> Run
     metrics = summarise(
         task, config.model, data, fresh, old.wall_s or 0.0, config.max_error_rate, old.batch_size
     )
+    metrics.timed, metrics.peak_memory_gb = old.timed, old.peak_memory_gb  # the same generation
     store.finish(metrics)
     return metrics
 

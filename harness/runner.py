@@ -58,6 +58,10 @@ def run_eval(task: str | Task, model: str | ModelInfo, options: EvalOptions | No
         manifest = Path(info.adapter) / TRAIN_MANIFEST_FILE
         if manifest.is_file():  # a bare peft adapter trained elsewhere records nothing to check
             check_adapter_never_saw(read_manifest(manifest), manifest, task_obj.name, data.samples, data.info)
+    if options.min_new_tokens and get_family(info.family).served:
+        raise HarnessError(
+            "--min-new-tokens is for in-process speed benchmarks: a served model stops where it stops"
+        )
     config = run_config(task_obj, pin(info), data, options)
     w = world()
     join(config.device)  # a data-parallel run (torchrun / accelerate launch): one process per shard
@@ -85,12 +89,12 @@ def run_eval(task: str | Task, model: str | ModelInfo, options: EvalOptions | No
         store.write_config(config)
         store.consolidate()  # an interrupted data-parallel run's rank files, whatever its process count
     barrier()
-    sizes = _generate(task_obj, generator, store, data, config, options, console, w)
+    sizes, timed = _generate(task_obj, generator, store, data, config, options, console, w)
     if w.main:
         records = store.consolidate(order=[s.id for s in data.samples])
         wall = time.perf_counter() - started
         metrics = summarise(task_obj, config.model, data, records, wall, options.max_error_rate, min(sizes))
-        metrics.peak_memory_gb = peak_memory_gb(config.device)
+        metrics.peak_memory_gb, metrics.timed = peak_memory_gb(config.device), timed
         store.finish(metrics)
         print_metrics(metrics, console)
     barrier()  # every rank returns a finished run directory
@@ -167,7 +171,7 @@ def _generate(
     failed = [str(o[1]) for o in outcomes if o[0] == "failed"]
     if failed:
         raise HarnessError(failed[0])
-    return [int(o[1]) for o in outcomes]
+    return [int(o[1]) for o in outcomes], len(todo)
 
 
 def image_cost(sample) -> float:

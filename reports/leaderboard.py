@@ -38,7 +38,7 @@ class Entry:
     """One run's row: its standing on the ranking metric and its numbers."""
 
     run: Run
-    rank: int = 1
+    rank: int | None = 1  # None: the run has no value for the ranking metric (not ranked)
     tied_with_best: bool = True
     value: float | None = None
     ci: tuple[float | None, float | None] = (None, None)
@@ -144,21 +144,26 @@ def _stable_key(run: Run) -> tuple:
     return (c.task, c.data.fingerprint, c.key or run.path.name, str(run.path))
 
 
-def primary_metric(specs: dict[str, MetricSpec], metric: str | None) -> MetricSpec:
-    """The ranking metric: the one asked for, else the task's primary, else its first accuracy."""
+def primary_metric(runs: list[Run], metric: str | None) -> tuple[MetricSpec, dict[str, MetricSpec]]:
+    """The ranking metric (the one asked for, else the task's primary, else its first accuracy) and
+    every metric any of the runs has. Runs that name different primaries are not ranked together."""
+    specs = {name: spec for run in reversed(runs) for name, spec in run.specs.items()}
     if metric is not None:
         if metric not in specs:
             raise HarnessError(f"--metric: unknown metric {metric!r}; valid: {', '.join(specs)}")
-        return specs[metric]
-    chosen = next((s for s in specs.values() if s.primary), None) or spec_with_role(
-        specs.values(), "accuracy"
-    )
-    return chosen or next(iter(specs.values()))
+        return specs[metric], specs
+    primaries = {s.name for run in runs for s in run.specs.values() if s.primary}
+    if len(primaries) > 1:
+        raise HarnessError(
+            f"the runs of task {runs[0].config.task!r} name different primary metrics ({', '.join(sorted(primaries))}): "
+            "choose one with --metric"
+        )
+    chosen = specs[primaries.pop()] if primaries else spec_with_role(specs.values(), "accuracy")
+    return chosen or next(iter(specs.values())), specs
 
 
 def _board(runs: list[Run], metric: str | None, alpha: float, n_boot: int, seed: int) -> Board:
-    specs = {name: spec for run in reversed(runs) for name, spec in run.specs.items()}
-    spec = primary_metric(specs, metric)
+    spec, specs = primary_metric(runs, metric)
     ids = sorted(set.intersection(*(run.ids for run in runs)))
     if any(run.ids != set(ids) for run in runs):
         raise HarnessError(
@@ -170,17 +175,23 @@ def _board(runs: list[Run], metric: str | None, alpha: float, n_boot: int, seed:
     for entry in entries:
         entry.value, low, high = entry.metrics.get(spec.name, (None, None, None))
         entry.ci = (low, high)
-    best = _best(entries, spec)
-    _versus_best(entries, best, columns, spec, n_boot, seed)
-    worse = [e for e in entries if e.p_holm is not None and e.p_holm < alpha and _worse(e.diff, spec)]
-    tied = len(entries) - len(worse)
+    ranked = [e for e in entries if e.value is not None]  # a run without the metric is not ranked
+    if ranked:
+        best = _best(ranked, spec)
+        _versus_best(
+            ranked, best, np.column_stack([columns[:, entries.index(e)] for e in ranked]), spec, n_boot, seed
+        )
+    worse = [e for e in ranked if e.p_holm is not None and e.p_holm < alpha and _worse(e.diff, spec)]
+    tied = len(ranked) - len(worse)
     for e in entries:
-        e.tied_with_best = e not in worse
+        e.tied_with_best = e in ranked and e not in worse
         # Competition ranking: the tied share 1; a worse run comes after them and the worse runs
         # strictly better than it (equal values, equal rank).
         better = sum(_sort_value(o.value, spec) < _sort_value(e.value, spec) for o in worse)
-        e.rank = 1 if e.tied_with_best else 1 + tied + better
-    ordered = sorted(entries, key=lambda e: (e.rank, _sort_value(e.value, spec), _stable_key(e.run)))
+        e.rank = None if e not in ranked else 1 if e.tied_with_best else 1 + tied + better
+    ordered = sorted(
+        entries, key=lambda e: (e.rank is None, e.rank or 0, _sort_value(e.value, spec), _stable_key(e.run))
+    )
     data = runs[0].config.data
     return Board(runs[0].config.task, data.source, data.split, data.fingerprint, spec, specs, ordered)
 
@@ -265,23 +276,33 @@ def _row(board: Board, entry: Entry) -> dict:
         row.update({name: value, f"{name}_ci_low": low, f"{name}_ci_high": high})
     failures = entry.run.failures
     row.update(errors=failures.errors, not_parsed=failures.not_parsed, truncated=failures.truncated)
-    row.update(_costs(records, m.wall_s if m else None, m.peak_memory_gb if m else None))
+    row.update(_costs(records, m))
     row["run_dir"] = str(entry.run.path)
     return row
 
 
-def _costs(records, wall_s: float | None, peak_memory_gb: float | None) -> dict:
+def _costs(records, metrics) -> dict:
+    """Speed: the samples the last session generated over its wall time (a run resumed for its last
+    samples is not credited with the earlier sessions' work); tokens and latency: means per sample."""
+
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
 
     return {
-        "samples_per_s": len(records) / wall_s if wall_s else None,
+        "samples_per_s": _speed(metrics, len(records)),
         "mean_prompt_tokens": mean(r.prompt_tokens for r in records),
         "mean_answer_tokens": mean(r.n_tokens for r in records),
         "mean_latency_s": mean(r.latency_s for r in records),
-        "peak_memory_gb": peak_memory_gb,
+        "peak_memory_gb": metrics.peak_memory_gb if metrics else None,
     }
+
+
+def _speed(metrics, n: int) -> float | None:
+    if metrics is None or not metrics.wall_s:
+        return None
+    timed = metrics.timed if metrics.timed is not None else n  # runs written before `timed`
+    return timed / metrics.wall_s if timed else None
 
 
 def histories(board: Board) -> dict[str, list[dict]]:
@@ -315,6 +336,7 @@ def render(board: Leaderboard, assets: Path) -> tuple[str, list[Path]]:
 def _render_board(b: Board, lb: Leaderboard, assets: Path, plots: list[Path]) -> list[str]:
     spec = b.metric
     tied = sum(e.tied_with_best for e in b.entries)
+    unranked = [e for e in b.entries if e.rank is None]
     lines = [f"## {cell(b.title)}", ""]
     if any(e.run.config.data.synthetic for e in b.entries):
         lines += [
@@ -328,12 +350,17 @@ def _render_board(b: Board, lb: Leaderboard, assets: Path, plots: list[Path]) ->
         f"(Holm p ≥ {lb.alpha}) share rank 1. 95 % CIs: {lb.n_boot:,} bootstrap resamples of the sample ids, seed {lb.seed}.",
         "",
     ]  # fmt: skip
+    if unranked:
+        lines += [
+            f"Not ranked (no {cell(spec.label)} scored): {cell(', '.join(e.name for e in unranked), 300)}.",
+            "",
+        ]
     rows = []
     for e in b.entries:
         ci = "" if e.ci[0] is None else f" [{fmt_value(spec, e.ci[0])}, {fmt_value(spec, e.ci[1])}]"
         diff = "best" if e.diff is None and e.p_value is None else f"{fmt_diff(spec, e.diff)} [{fmt_diff(spec, e.diff_ci[0])}, {fmt_diff(spec, e.diff_ci[1])}]"  # fmt: skip
         rows.append([
-            f"{e.rank}{' (tied)' if e.tied_with_best and tied > 1 else ''}", cell(e.name, 80), cell(_identity(e), 40),
+            _rank(e, tied), cell(e.name, 80), cell(_identity(e), 40),
             cell(e.run.config.prompt_name), f"{fmt_value(spec, e.value)}{ci}", diff, fmt_p(e.p_holm),
         ])  # fmt: skip
     lines += table(
@@ -364,7 +391,7 @@ def _render_board(b: Board, lb: Leaderboard, assets: Path, plots: list[Path]) ->
         ])  # fmt: skip
     lines += table(["model", "prompt", "errors", "not parsed", "truncated", "samples/s", "prompt tokens",
                     "answer tokens", "latency s", "peak GPU GB"], cost_rows)  # fmt: skip
-    lines += ["", "samples/s: the run's samples over its wall time (model loading included); tokens and latency: means per sample.", ""]  # fmt: skip
+    lines += ["", "samples/s: the samples the run's last session generated over that session's wall time (model loading included); tokens and latency: means per sample.", ""]  # fmt: skip
     slug = f"{b.task}-{b.split}-{b.fingerprint[:8]}".replace("/", "_").replace(":", "_")
     plot = forest_plot(b, assets / f"{slug}-forest.png")
     plots.append(plot)
@@ -376,6 +403,12 @@ def _render_board(b: Board, lb: Leaderboard, assets: Path, plots: list[Path]) ->
             plots.append(path)
             lines += ["### Learning curves of the fine-tunes (validation slice, during training)", "", f"![learning curves]({assets.name}/{path.name})", ""]  # fmt: skip
     return lines
+
+
+def _rank(e: Entry, tied: int) -> str:
+    if e.rank is None:
+        return "– (no value)"
+    return f"{e.rank}{' (tied)' if e.tied_with_best and tied > 1 else ''}"
 
 
 def _identity(e: Entry) -> str:

@@ -146,7 +146,7 @@ def forest_plot(board: Board, path: Path) -> Path:
             scale * entry.value, y, xerr=[[scale * (entry.value - low)], [scale * (high - entry.value)]],
             fmt="o", color=color, capsize=3,
         )  # fmt: skip
-    labels = [f"{e.rank}. {e.name} [{e.run.config.prompt_name}]" for e in reversed(entries)]
+    labels = [f"{e.rank or '–'}. {e.name} [{e.run.config.prompt_name}]" for e in reversed(entries)]
     ax.set_yticks(range(len(entries)), labels)
     ax.set_xlabel(f"{spec.label}{' (%)' if spec.percent else ''}, 95 % CI")
     ax.set_title("blue: not significantly worse than the best (rank 1)", fontsize=9)

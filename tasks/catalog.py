@@ -1,6 +1,6 @@
 """CatalogTask: one config-driven task for every product catalog (``burberry`` is a config file).
 
-From a TaskConfig it builds the prompt (default, instructed or few-shot), the training target, the
+From a TaskConfig it builds the prompt (default, instructed, few-shot or choices), the training target, the
 answer parser (tasks/parsing.py), the scorers per field kind (tasks/scorers.py), the metric specs,
 and its data (tasks/data.py: hub at a pinned commit, a local table or the synthetic catalog, with
 a grouped split on the task's own fixed seed).
@@ -48,7 +48,7 @@ def score_values(records: list[Record], spec: MetricSpec) -> list[float | None]:
 
 
 class CatalogTask:
-    """A product catalog task from a TaskConfig; ``prompt`` picks default, instructed or few-shot."""
+    """A product catalog task from a TaskConfig; ``prompt`` picks default, instructed, few-shot or choices."""
 
     def __init__(
         self,

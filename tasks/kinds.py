@@ -120,7 +120,7 @@ def _named(field: FieldConfig, scores: Scores) -> Scores:
 
 
 def _text_metrics(field: FieldConfig) -> list[MetricSpec]:
-    chosen = KINDS["text"].chosen(field)
+    chosen = get_kind(field.kind).chosen(field)
     specs = []
     if "similarity" in chosen:
         specs.append(_spec(field, "similarity", "similarity (0-100)", "similarity"))
@@ -139,7 +139,7 @@ def _text_score(field: FieldConfig, predictions: list, truths: list, labels: lis
 def _label_metrics(field: FieldConfig) -> list[MetricSpec]:
     # "mapped": the answer read as the nearest train label -- beside the exact accuracy, never
     # instead of it; undefined (not a failure) where no label set is known.
-    chosen = KINDS["label"].chosen(field)
+    chosen = get_kind(field.kind).chosen(field)
     specs = [_spec(field, "exact", "accuracy", "accuracy", per_group=True)]
     if "mapped" in chosen:
         specs.append(_spec(field, "mapped", "accuracy (nearest label)", "accuracy", fill_missing=False))

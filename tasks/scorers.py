@@ -25,19 +25,26 @@ def text_scores(pred: str | None, true: str) -> dict[str, float]:
     return {"similarity": float(fuzz.token_sort_ratio(a, b)), "exact": float(a == b)}
 
 
+MAPPED_CUTOFF = 60.0  # token-sort ratio an answer must reach against a label to be read as it
+
+
 def label_scores(pred: str | None, true: str, labels: list[str] | None = None) -> dict[str, float | None]:
     """exact (0/1) after normalisation: 'Ponchos and capes' matches 'PONCHOS & CAPES'; and mapped:
-    right (0/1) once the answer is mapped to the nearest of the known ``labels`` (rapidfuzz token-sort
-    ratio), the closed-set reading of a free answer. No labels known: mapped is None, never a guess."""
+    right (0/1) once the answer is read as the nearest of the known ``labels`` (rapidfuzz token-sort
+    ratio), the closed-set reading of a free answer. An answer near no label (below MAPPED_CUTOFF),
+    or equally near two, maps to none and scores 0: a non-answer is never read as the commonest
+    label. No labels known: mapped is None (undefined), never a guess."""
     exact = 0.0 if not pred else float(normalise(pred) == normalise(true))
     if labels is None:
         return {"exact": exact, "mapped": None}
-    if not pred or not labels:
+    answer = normalise(pred) if pred else ""
+    if not answer or not labels:
         return {"exact": exact, "mapped": 0.0}
-    nearest = process.extractOne(
-        normalise(pred), [normalise(label) for label in labels], scorer=fuzz.token_sort_ratio
-    )
-    return {"exact": exact, "mapped": float(nearest[0] == normalise(true))}
+    choices = sorted({normalise(label) for label in labels})
+    best = process.extract(answer, choices, scorer=fuzz.token_sort_ratio, limit=2, score_cutoff=MAPPED_CUTOFF)
+    if not best or (len(best) > 1 and best[1][1] == best[0][1]):
+        return {"exact": exact, "mapped": 0.0}
+    return {"exact": exact, "mapped": float(best[0][0] == normalise(true))}
 
 
 def within_key(tolerance: float) -> str:

@@ -15,7 +15,7 @@ import harness
 from harness.cli import app
 from harness.core.errors import HarnessError
 from harness.core.run import read_run
-from reports.leaderboard import build
+from reports.leaderboard import Leaderboard, build
 
 N = 60
 
@@ -138,3 +138,45 @@ def test_the_cli_writes_markdown_csv_and_json_and_says_the_ranks(tmp_path, monke
     assert wandb.exit_code == 0 and "W&B run:" in wandb.output, wandb.output
     none = CliRunner().invoke(app, ["leaderboard", "--output-dir", "nowhere"])
     assert none.exit_code == 2 and "no finished run of task 'burberry' under nowhere" in none.output
+
+
+def test_a_run_without_the_ranking_metric_is_listed_not_ranked(tmp_path):
+    from test_report_fakes import METRIC_SPECS
+
+    paths = runs_with_accuracies(tmp_path, {"alpha": 0.9, "beta": 0.5})
+    older = [s for s in METRIC_SPECS if s.name != "category_mapped"]  # written before the metric existed
+    paths |= runs_with_accuracies(tmp_path, {"gamma": 0.95}, specs=older)
+    board = build([read_run(p) for p in paths.values()], metric="category_mapped", n_boot=200).boards[0]
+    by_name = {e.name: e for e in board.entries}
+    assert by_name["alpha"].rank == 1 and by_name["beta"].rank == 2
+    gamma = by_name["gamma"]
+    assert gamma.rank is None and not gamma.tied_with_best and board.entries[-1] is gamma
+    md = Leaderboard([board]).to_markdown(tmp_path / "lb.md").read_text()
+    assert "Not ranked (no category accuracy (nearest label) scored): gamma" in md and "– (no value)" in md
+
+
+def test_runs_naming_different_primary_metrics_need_a_metric(tmp_path):
+    from test_report_fakes import METRIC_SPECS
+
+    other = [s.model_copy(update={"primary": s.name == "name_exact"}) for s in METRIC_SPECS]
+    paths = runs_with_accuracies(tmp_path, {"alpha": 0.9}) | runs_with_accuracies(
+        tmp_path, {"beta": 0.5}, specs=other
+    )
+    with pytest.raises(HarnessError, match="name different primary metrics .*choose one with --metric"):
+        build([read_run(p) for p in paths.values()])
+    assert (
+        build([read_run(p) for p in paths.values()], metric="name_exact").boards[0].metric.name
+        == "name_exact"
+    )
+
+
+def test_speed_counts_only_what_the_last_session_generated(tmp_path):
+    from harness.core.schema import METRICS_FILE, RunMetrics
+
+    (path,) = runs_with_accuracies(tmp_path, {"alpha": 0.9}).values()
+    metrics = RunMetrics.model_validate_json((path / METRICS_FILE).read_text())
+    (path / METRICS_FILE).write_text(
+        metrics.model_copy(update={"wall_s": 10.0, "timed": 6}).model_dump_json()
+    )
+    row = build([read_run(path)], n_boot=100).to_frame().iloc[0]
+    assert row["samples_per_s"] == pytest.approx(0.6)  # a run resumed for its last 6 of 60 samples

@@ -136,3 +136,16 @@ def test_evaluate_modules_load_offline_and_equal_the_scorers_the_harness_calls()
     mapped = label.compute(predictions=["", "a trench coat", "scarf"], references=["BAGS", "TRENCH COATS", "BAGS"], labels=known)  # fmt: skip
     assert mapped == scorers.columns(scorers.label_scores, ["", "a trench coat", "scarf"], ["BAGS", "TRENCH COATS", "BAGS"], labels=known)  # fmt: skip
     assert mapped["exact"] == [0.0, 0.0, 0.0] and mapped["mapped"] == [0.0, 1.0, 0.0]
+
+
+def test_a_non_answer_is_never_read_as_the_commonest_label():
+    from tasks.scorers import label_scores
+
+    labels = ["COATS", "BAGS", "TRENCH COATS"]  # commonest first, as the train split lists them
+    for answer in ("I cannot tell", "--", "", None):
+        assert label_scores(answer, "COATS", labels)["mapped"] == 0.0
+    assert label_scores("a trench coat", "TRENCH COATS", labels)["mapped"] == 1.0
+    assert label_scores("bag", "BAGS", labels)["mapped"] == 1.0
+    assert label_scores("bag", "BAGS", None)["mapped"] is None  # no label set known: undefined
+    tie = label_scores("ab", "AB X", ["AB X", "AB Y"])  # equally near both: read as neither
+    assert tie["mapped"] == 0.0

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from backends.hf import load_model_and_processor
-from backends.trl import VisionSFTCollator, end_of_turn, image_token_ids, lora_target_regex
+from backends.trl import VisionSFTCollator, answer_frame, image_token_ids, lora_target_regex
 from harness.models import resolve
 
 MESSAGES = [
@@ -65,7 +65,7 @@ def test_labels_are_the_answer_and_nothing_else(loaded, features):
         image_slots = (ids < 0) | torch.isin(ids, torch.tensor(sorted(image_ids) or [-1]))
         assert image_slots.sum() > 0 and (labels[image_slots] == -100).all()
         answer = tok.decode(labels[n_prompt:n], skip_special_tokens=False)
-        end_text, end_ids = end_of_turn(tok)
+        _, end_text, end_ids = answer_frame(tok)
         assert answer.replace(" \n", "\n") == feature["target"] + end_text + tok.decode(end_ids)
         assert tok.decode(labels[n_prompt:n], skip_special_tokens=True).strip() == feature["target"]
         if name == "tiny-phi3v":  # the CookBook's target: answer<|end|>\n<|endoftext|>
@@ -97,9 +97,34 @@ def test_lora_targets_the_text_model_only(loaded):
 def test_end_of_turn_follows_the_chat_template(loaded):
     name, _, processor = loaded
     tok = processor.tokenizer
-    text, ids = end_of_turn(tok)
+    prefix, text, ids = answer_frame(tok)
+    assert prefix == ""
     assert text == "<|end|>\n"
     if name == "tiny-phi3v":
         assert ids == [tok.convert_tokens_to_ids("<|endoftext|>")]
     else:  # the tiny model's eos *is* <|end|>: no second end token
         assert ids == []
+
+
+def test_a_template_that_takes_list_content_only_frames_the_answer_as_it_renders_it():
+    """Real multimodal templates (SmolVLM's, LLaVA's) may index content as a list of parts and render
+    nothing for a string: the frame is probed with list content first. SmolVLM's puts a space between
+    'Assistant:' and the answer and ends the turn with '<end_of_utterance>\\n'."""
+    from backends.families.smolvlm import SPECIAL
+    from backends.tiny import train_tokenizer
+
+    list_only = (
+        "{{ '<|im_start|>' }}{% for message in messages %}{{ message['role'] | capitalize }}"
+        "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+        "{{ '<end_of_utterance>' }}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+    )
+    tok = train_tokenizer(
+        ["Assistant: User: Q"],
+        SPECIAL,
+        chat_template=list_only,
+        eos="<end_of_utterance>",
+        pad="<|endoftext|>",
+    )
+    prefix, end, eos = answer_frame(tok)
+    assert (prefix, end, eos) == (" ", "<end_of_utterance>\n", [])

@@ -18,7 +18,6 @@ with contextlib.redirect_stdout(io.StringIO()):
         Example,
         VisionSFTCollator,
         answer_frame,
-        end_of_turn,
         image_token_ids,
         to_dataset,
     )
@@ -33,7 +32,6 @@ __all__ = [
     "answer_frame",
     "count_params",
     "default_params",
-    "end_of_turn",
     "image_token_ids",
     "lora_target_regex",
     "read_recipe",

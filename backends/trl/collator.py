@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
+from backends.base import image_paths
 from harness.core.errors import HarnessError
 
 MARKER = "\x00ANSWER\x00"
@@ -34,28 +36,30 @@ def answer_frame(processor) -> tuple[str, str, list[int]]:
 
     Rendered, not assumed: Phi-3 gives ``("", "<|end|>\\n", [<|endoftext|>])`` (the CookBook's
     ``{answer}<|end|>\\n<|endoftext|>``); SmolVLM's ``Assistant:`` is followed by a space before the
-    answer; a template that adds nothing gives just eos.
+    answer. Probed with list content (every multimodal template takes it; some take nothing else),
+    then plain strings; a template that renders neither frames the answer with eos alone, and says so.
     """
     tokenizer = _tokenizer(processor)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise HarnessError(f"tokenizer {type(tokenizer).__name__} has no eos token")
-    question = [{"role": "user", "content": "Q"}]
-    try:
-        full = processor.apply_chat_template([*question, {"role": "assistant", "content": MARKER}], add_generation_prompt=False, tokenize=False)  # fmt: skip
-        prompt = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
-        before, after = full.split(MARKER, 1)
-    except Exception:  # noqa: BLE001 - no usable template: the answer, then eos
-        return "", "", [eos]
-    prefix = before[len(prompt) :] if before.startswith(prompt) else ""
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-    return prefix, after, [] if eos in ids else [eos]
-
-
-def end_of_turn(processor) -> tuple[str, list[int]]:
-    """What follows an answer (see :func:`answer_frame`): the turn's end text and the eos to add."""
-    _, end, eos = answer_frame(processor)
-    return end, eos
+    for wrap in (lambda text: [{"type": "text", "text": text}], lambda text: text):
+        question = [{"role": "user", "content": wrap("Q")}]
+        try:
+            full = processor.apply_chat_template([*question, {"role": "assistant", "content": wrap(MARKER)}], add_generation_prompt=False, tokenize=False)  # fmt: skip
+            prompt = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - this content form is not one the template takes
+            continue
+        if MARKER in full:
+            before, after = full.split(MARKER, 1)
+            prefix = before[len(prompt) :] if before.startswith(prompt) else ""
+            ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+            return prefix, after, [] if eos in ids else [eos]
+    warnings.warn(
+        f"{type(processor).__name__}: its chat template renders no assistant turn; training targets end with eos alone",
+        stacklevel=2,
+    )
+    return "", "", [eos]
 
 
 def image_token_ids(model_or_processor) -> set[int]:
@@ -71,15 +75,8 @@ def image_token_ids(model_or_processor) -> set[int]:
 
 def _images(example: dict, messages: list[dict]) -> list[Image.Image]:
     """The images a conversation shows, in order: each image part's own file, else the example's."""
-    paths = [
-        part.get("path") or example.get("image_path") or example["image"]
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == "image"
-    ]
     images = []
-    for path in paths:
+    for path in image_paths(messages, example.get("image_path") or example.get("image")):
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
     return images

@@ -93,8 +93,9 @@ class Run:
 
     @property
     def specs(self) -> dict[str, MetricSpec]:
-        """The run's metric specs (from config.json, or metrics.json for a run written before them)."""
-        specs = self.config.metric_specs or (self.metrics.metric_specs if self.metrics else [])
+        """The run's metric specs: metrics.json's when it has them (they describe the numbers it holds,
+        also after a re-scoring added a metric), else config.json's (an unfinished run)."""
+        specs = (self.metrics.metric_specs if self.metrics else []) or self.config.metric_specs
         return {s.name: s for s in specs}
 
     @property

@@ -174,7 +174,7 @@ class RunConfig(BaseModel):
     data: DataInfo
     generation: GenerationInfo = Field(default_factory=GenerationInfo)
     prompt: str = ""  # identity of what the task asks and how it renders the question (a hash)
-    prompt_name: str = "default"  # the task's prompt variant: default | instructed | few-shot
+    prompt_name: str = "default"  # the task's prompt variant: default | instructed | few-shot | choices
     task_source: str = ""  # where the task's definition came from (built-in, a file, dbq:...)
     fields: list[FieldInfo] = Field(default_factory=list)
     limit: int | None = None
@@ -206,7 +206,8 @@ class RunMetrics(BaseModel):
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     metric_specs: list[MetricSpec] = Field(default_factory=list)
     per_group: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # field -> label -> means
-    wall_s: float | None = None
+    wall_s: float | None = None  # the last session's wall time (a resumed run: the resuming one's)
+    timed: int | None = None  # samples generated in that session: timed / wall_s is the run's speed
 
 
 class TrainManifest(BaseModel):
