@@ -49,10 +49,13 @@ def test_quick_demo_fine_tune_wins_in_its_report(tmp_path):
     assert "Ranked by **category accuracy**" in board
     ranking = board.split("| rank |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]  # the first table's rows
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in ranking]
-    assert [(c[0], c[3]) for c in cells][0] == ("1", "default") and "tiny-phi3v-tuned" in cells[0][1]
-    # The random base model scores 0 whatever it is asked: its three prompts tie, behind the fine-tune.
-    assert sorted((c[0], c[3]) for c in cells[1:]) == [
-        ("2", "choices"),
-        ("2", "default"),
-        ("2", "instructed"),
-    ]
+    # The fine-tune leads. Whether the base prompts trail it significantly is the paired test's call on
+    # these 48 samples: a row shares rank 1 exactly when its Holm p-value is at least 0.05.
+    assert (cells[0][0].split()[0], cells[0][3], cells[0][5]) == ("1", "default", "best")
+    assert "tiny-phi3v-tuned" in cells[0][1]
+    base = cells[1:]
+    assert sorted(c[3] for c in base) == ["choices", "default", "instructed"]
+    for c in base:
+        assert c[0].startswith("1") == (float(c[6]) >= 0.05), c
+    # The random base model scores 0 whatever it is asked: its three prompts tie with one another.
+    assert len({(c[0], c[4], c[6]) for c in base}) == 1

@@ -42,7 +42,9 @@ def comparable(run_dir: Path):
     """A run's outputs and numbers, without what may differ between equal runs (timings, batching)."""
     _, records, metrics = load_run(run_dir)
     drop = {"latency_s", "batch_size"}
-    return [r.model_dump(exclude=drop) for r in records], metrics.model_dump(exclude={"wall_s", "batch_size"})
+    return [r.model_dump(exclude=drop) for r in records], metrics.model_dump(
+        exclude={"wall_s", "timed", "batch_size"}
+    )
 
 
 def test_shards_are_disjoint_cover_everything_balance_cost_and_agree():
