@@ -105,6 +105,9 @@ def load_model_and_processor(
         "attn_implementation": model_info.attn_implementation,
         "device_map": {"": device},
         "quantization_config": _quantization_config(quantization, family),
+        # transformers >= 5.25 swaps layers for kernels it downloads from the hub at load time on a
+        # GPU: unpinned code (a benchmark would change under its revision pin), and offline the load fails.
+        "use_kernels": False,
     }
     source = model_info.path
     try:

@@ -218,3 +218,12 @@ def test_an_unsupported_family_is_refused_in_one_line(tmp_path, model_type, why)
         load_generator(info, device="cpu")
     out = CliRunner().invoke(app, ["run", "--model", str(tmp_path), "--data", "synthetic", "--limit", "2"])
     assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1 and "not supported" in out.output
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-phi3v"])
+def test_loader_takes_no_hub_kernels(name):
+    """transformers >= 5.25 defaults to kernels downloaded from the hub at load time (an offline GPU
+    load failed on it, and they are code outside the pinned revision): the one loader turns them off,
+    on the Auto path and the native one."""
+    model, _, _ = load_model_and_processor(resolve(name), device="cpu")
+    assert model.use_kernels is False

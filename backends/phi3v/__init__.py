@@ -32,6 +32,7 @@ def load(path, *, device: str = "cpu", num_crops: int | None = None, **from_pret
     from .processing import Phi3VProcessor, set_generation_tokens
 
     from_pretrained.setdefault("device_map", {"": device})
+    from_pretrained.setdefault("use_kernels", False)  # no hub kernels: see backends.hf's loader
     model, info = Phi3VForCausalLM.from_pretrained(path, output_loading_info=True, **from_pretrained)
     bad = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
     if bad:

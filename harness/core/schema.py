@@ -178,7 +178,9 @@ class RunConfig(BaseModel):
     task_source: str = ""  # where the task's definition came from (built-in, a file, dbq:...)
     fields: list[FieldInfo] = Field(default_factory=list)
     limit: int | None = None
-    batch_size: int = 8  # informative only: outputs do not depend on it
+    # Not in the identity: fp32 outputs do not depend on it, but bf16 greedy answers on a GPU can
+    # (padding changes reduction order; BENCHMARKS.md measures it), so each record keeps its own.
+    batch_size: int = 8
     device: str = "cpu"  # device kind ("cpu", "cuda"): part of the identity, like dtype
     dtype: str = "float32"
     max_error_rate: float = 0.05  # above it the run is "incomplete"
