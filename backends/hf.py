@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Generation, GenerationRequest
+from backends.chat import apply_image_budget, encode_prompts
 from backends.devices import pick_device, pick_dtype
 from backends.families import (
     GENERIC,
@@ -119,6 +120,9 @@ def load_model_and_processor(
     except (OSError, ValueError) as err:  # hub errors (offline, missing repo) are OSErrors too
         raise HarnessError(f"cannot load model {model_info.name!r} from {source!r}: {err}") from err
     check_supported(family_of(model), f"model {model_info.name!r}")
+    setting = apply_image_budget(family_of(model), processor, model_info.max_image_tokens)
+    if setting:
+        print(f"--max-image-tokens {model_info.max_image_tokens}: {setting}", file=sys.stderr)
     if load_adapter and model_info.adapter:
         model = _with_adapter(model, model_info.adapter)
     model.eval()
@@ -212,14 +216,7 @@ class HFGenerator:
             raise ValueError(f"one batch, one generation setting: got {sorted(settings, key=str)}")
         ((max_new_tokens, min_new_tokens),) = settings
         images = [list(r.images) for r in requests]  # one list per prompt: a prompt may show several
-        # No truncation, ever: cutting a prompt could cut into its image tokens.
-        inputs = self.processor(
-            text=[self.render(r.messages) for r in requests],
-            images=images if any(images) else None,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-        )
+        inputs = encode_prompts(self.processor, [self.render(r.messages) for r in requests], images, "left")
         inputs = {
             k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
             if hasattr(v, "to")

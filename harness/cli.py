@@ -190,6 +190,9 @@ def run_cmd(
         int | None, typer.Option(help=_help(EvalOptions, "min_new_tokens"))
     ] = E.min_new_tokens,
     num_crops: Annotated[int | None, typer.Option(help=_help(EvalOptions, "num_crops"))] = E.num_crops,
+    max_image_tokens: Annotated[
+        int | None, typer.Option(help=_help(EvalOptions, "max_image_tokens"))
+    ] = E.max_image_tokens,
 ) -> None:
     """Evaluate a model on a task; resumes where an interrupted run stopped (errored samples are retried)."""
     relaunch(processes)

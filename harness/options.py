@@ -88,6 +88,13 @@ class EvalOptions(_Options):
     num_crops: int | None = Field(
         None, ge=1, description="Phi-3-Vision image crops (default: the model's; 16 for 3.0, 4 for 3.5)."
     )
+    max_image_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Cap the tokens one image may become, through the family's own setting (Qwen's "
+        "max_pixels, Phi-3's num_crops, InternVL's tiles, SmolVLM's grid); a family with a fixed count "
+        "is checked. Part of the run's identity.",
+    )
     quiet: bool = Field(False, description="Print nothing (no tables, no progress).")
 
 

@@ -53,6 +53,8 @@ def run_eval(task: str | Task, model: str | ModelInfo, options: EvalOptions | No
     )
     if options.num_crops:
         info = info.model_copy(update={"num_crops": options.num_crops})
+    if options.max_image_tokens:
+        info = info.model_copy(update={"max_image_tokens": options.max_image_tokens})
     data = task_obj.load(options.data, options.split, limit=options.limit)
     if info.adapter:
         manifest = Path(info.adapter) / TRAIN_MANIFEST_FILE

@@ -12,7 +12,7 @@ Importing a family module must stay cheap (no torch): `harness models` lists the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -58,6 +58,9 @@ class Family:
     lora_vision: tuple[str, ...] = ()  # regexes of the vision tower's linears (recipe: lora_vision)
     recipe: dict[str, Any] = field(default_factory=dict)  # training overrides for the family's checkpoints
     video: bool = False  # its processor has a video half, which needs torchvision (even for images)
+    # --max-image-tokens: (processor, cap) -> an iterator that sets the family's own image setting
+    # smaller at each step (yielding what it set) until an image fits; None: a fixed count per image.
+    image_budget: Callable[[Any, int], Iterator[str]] | None = None
     models: tuple[NamedModel, ...] = ()
     unsupported: str | None = None  # why the harness cannot evaluate it (said in one line)
 

@@ -24,6 +24,16 @@ IMAGE_SIZE, PATCH = 32, 8  # 4x4 patches, pixel shuffle by 0.5 -> 4 tokens per t
 TOKENS_PER_TILE = (IMAGE_SIZE // PATCH) ** 2 // 4
 
 
+def _image_budget(processor, cap):
+    """Fewer tiles (each image_seq_length tokens, plus a thumbnail), then one tile."""
+    images = processor.image_processor
+    for tiles in range(images.max_patches - 1, 0, -1):
+        images.max_patches = tiles
+        yield f"max_patches {tiles}"
+    images.crop_to_patches = False
+    yield "crop_to_patches off"
+
+
 def build_tiny(path, corpus):
     from transformers import (
         GotOcr2ImageProcessorPil,
@@ -64,6 +74,7 @@ register(
         lora_projector=(r"multi_modal_projector\.linear_[12]",),
         lora_vision=(r"vision_tower\..*\.(q_proj|k_proj|v_proj|projection_layer|fc1|fc2)",),
         video=True,
+        image_budget=_image_budget,
         models=(
             NamedModel(
                 "internvl3-1b",

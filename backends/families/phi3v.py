@@ -11,6 +11,13 @@ def _load(directory, *, num_crops=None, **from_pretrained):
     return phi3v.load(directory, num_crops=num_crops, **from_pretrained)
 
 
+def _image_budget(processor, cap):
+    """Fewer crops, one at a time: an image is (crops + 1) x 144 tokens and its separators."""
+    for crops in range(processor.num_crops - 1, 0, -1):
+        processor.num_crops = crops
+        yield f"num_crops {crops}"
+
+
 def _build_tiny(path, corpus):
     from backends.phi3v.tiny import build_tiny_phi3v
 
@@ -23,6 +30,7 @@ register(
         "Phi-3-Vision / Phi-3.5-Vision (native, no remote code)",
         model_types=("phi3_v",),
         load=_load,
+        image_budget=_image_budget,
         # Stop tokens: its loader writes <|end|> and <|endoftext|> into the generation config.
         lora_text=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
         image_modules=("vision_embed_tokens",),  # the CLIP tower and the img_projection MLP

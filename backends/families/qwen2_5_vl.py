@@ -27,6 +27,19 @@ CHAT_TEMPLATE = (
 PIXELS = {"patch_size": 8, "merge_size": 2, "temporal_patch_size": 2, "size": {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}}  # fmt: skip
 
 
+def image_budget(processor, cap):
+    """Qwen resizes an image to at most ``max_pixels``, one token per (patch x merge)^2 pixels: the
+    cap is exact in one step (its published max_pixels lets a photo become thousands of tokens)."""
+    images = processor.image_processor
+    unit = images.patch_size * images.merge_size
+    max_pixels = cap * unit * unit
+    images.size = {**images.size, "longest_edge": max_pixels}
+    images.size["shortest_edge"] = min(images.size.get("shortest_edge") or unit * unit, max_pixels)
+    if hasattr(images, "max_pixels"):
+        images.max_pixels = max_pixels
+    yield f"max_pixels {max_pixels}"
+
+
 def build_tiny(path, corpus):
     from transformers import (
         Qwen2_5_VLConfig,
@@ -68,6 +81,7 @@ register(
         lora_projector=(r"visual\.merger\.mlp\.[02]",),
         lora_vision=(r"visual\.blocks\..*\.(qkv|proj|gate_proj|up_proj|down_proj)",),
         video=True,
+        image_budget=image_budget,
         models=(
             NamedModel(
                 "qwen2.5-vl-3b",

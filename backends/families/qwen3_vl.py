@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends.families import Family, NamedModel, register
-from backends.families.qwen2_5_vl import PIXELS, QWEN_NAMED, QWEN_SPECIAL
+from backends.families.qwen2_5_vl import PIXELS, QWEN_NAMED, QWEN_SPECIAL, image_budget
 
 # The model card's format: ChatML like Qwen2.5-VL, without a default system message.
 CHAT_TEMPLATE = (
@@ -63,6 +63,7 @@ register(
         lora_projector=(r"visual\.(merger|deepstack_merger_list\.\d+)\.linear_fc[12]",),
         lora_vision=(r"visual\.blocks\..*\.(qkv|proj|linear_fc1|linear_fc2)",),
         video=True,
+        image_budget=image_budget,
         models=(
             NamedModel(
                 "qwen3-vl-2b",

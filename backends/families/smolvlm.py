@@ -26,6 +26,17 @@ CHAT_TEMPLATE = (
 TILE, PATCH, SCALE = 32, 8, 2  # (32 / 8)^2 / 2^2 = 4 tokens per 32 px tile
 
 
+def _image_budget(processor, cap):
+    """A smaller grid of tiles (longest edge a multiple of the tile), then no splitting at all."""
+    images = processor.image_processor
+    tile = images.max_image_size["longest_edge"]
+    for multiple in range(images.size["longest_edge"] // tile - 1, 0, -1):
+        images.size = {"longest_edge": multiple * tile}
+        yield f"longest_edge {multiple * tile}"
+    images.do_image_splitting = False
+    yield "do_image_splitting off"
+
+
 def build_tiny(path, corpus):
     from transformers import (
         Idefics3Config,
@@ -58,6 +69,7 @@ register(
         "smolvlm",
         "SmolVLM (Idefics3: SigLIP tiles + Llama), transformers' own classes",
         model_types=("idefics3", "smolvlm"),
+        image_budget=_image_budget,
         stop_tokens=("<end_of_utterance>",),
         image_modules=("vision_model", "connector"),
         lora_projector=(r"connector\.modality_projection\.proj",),

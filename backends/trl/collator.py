@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from backends.base import image_paths
+from backends.chat import encode_prompts, image_token_ids
 from harness.core.errors import HarnessError
 
 MARKER = "\x00ANSWER\x00"
@@ -62,17 +63,6 @@ def answer_frame(processor) -> tuple[str, str, list[int]]:
     return "", "", [eos]
 
 
-def image_token_ids(model_or_processor) -> set[int]:
-    """The placeholder ids an image occupies (besides negative ids, Phi-3-Vision's marker)."""
-    ids = set()
-    for obj in (model_or_processor, getattr(model_or_processor, "config", None)):
-        for attr in ("image_token_id", "image_token_index"):
-            value = getattr(obj, attr, None) if obj is not None else None
-            if isinstance(value, int):
-                ids.add(value)
-    return ids
-
-
 def _images(example: dict, messages: list[dict]) -> list[Image.Image]:
     """The images a conversation shows, in order: each image part's own file, else the example's."""
     images = []
@@ -117,9 +107,7 @@ class VisionSFTCollator:
             )
             images.append(_images(feature, messages))
             answers.append(self.answer_ids(feature["target"]))
-        enc = self.processor(
-            text=prompts, images=images, padding=True, padding_side="right", return_tensors="pt"
-        )
+        enc = encode_prompts(self.processor, prompts, images, "right")
         ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
         lengths = mask.sum(dim=1).tolist()
         per_token = [k for k, v in enc.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape]

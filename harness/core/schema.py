@@ -155,6 +155,7 @@ class ModelInfo(BaseModel):
     endpoint: str | None = None  # a served model's OpenAI-compatible base URL (path = its served name)
     trust_remote_code: bool = False
     num_crops: int | None = None  # Phi-3-Vision image crops (16 for 3.0, 4 for 3.5); None = model default
+    max_image_tokens: int | None = None  # --max-image-tokens: the family's image setting lowered to fit
     attn_implementation: str = "sdpa"
     content: str | None = None  # content hash of a local model directory (weights, config, tokenizer)
     adapter_content: str | None = None  # content hash of the adapter directory
