@@ -129,7 +129,26 @@ def load_model_and_processor(
     return model, processor, device
 
 
-def _load_auto(model_info: ModelInfo, common: dict[str, Any]):
+def load_processor(model_info: ModelInfo):
+    """The model's processor alone (no weights), with ``--max-image-tokens`` applied: what a prompt
+    and its images become, known before any GPU time is spent."""
+    family = model_family(model_info)
+    source = model_info.path
+    try:
+        if family.load_processor is not None and not model_info.trust_remote_code:
+            local = source if Path(source).is_dir() else _download(source, model_info.revision)
+            processor = family.load_processor(local, num_crops=model_info.num_crops)
+        else:
+            processor = _auto_processor(model_info)
+    except (OSError, ValueError) as err:
+        raise HarnessError(
+            f"cannot load the processor of {model_info.name!r} from {source!r}: {err}"
+        ) from err
+    apply_image_budget(family, processor, model_info.max_image_tokens)
+    return processor
+
+
+def _auto_processor(model_info: ModelInfo):
     from transformers import AutoProcessor
 
     kwargs: dict[str, Any] = {"revision": model_info.revision}
@@ -137,7 +156,7 @@ def _load_auto(model_info: ModelInfo, common: dict[str, Any]):
         kwargs["trust_remote_code"] = True
     extra = {"num_crops": model_info.num_crops} if model_info.num_crops else {}
     try:
-        processor = AutoProcessor.from_pretrained(model_info.path, **kwargs, **extra)
+        return AutoProcessor.from_pretrained(model_info.path, **kwargs, **extra)
     except ImportError as err:
         if "torchvision" not in str(err).lower():
             raise
@@ -145,6 +164,13 @@ def _load_auto(model_info: ModelInfo, common: dict[str, Any]):
             f"model {model_info.name!r}: its processor needs torchvision (its video half does, even for "
             "images): install the torchvision build that matches your torch"
         ) from err
+
+
+def _load_auto(model_info: ModelInfo, common: dict[str, Any]):
+    kwargs: dict[str, Any] = {"revision": model_info.revision}
+    if model_info.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    processor = _auto_processor(model_info)
     model, loading = _auto_class(model_info).from_pretrained(
         model_info.path, output_loading_info=True, **common, **kwargs
     )

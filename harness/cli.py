@@ -119,13 +119,32 @@ def task_check_cmd(
         str | None, typer.Option(help="hub | synthetic | a table (default: the task's own).")
     ] = None,
     rows: Annotated[int, typer.Option(help="How many rows to show.")] = 3,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Also show what each row's image becomes for this model (processor only): image and prompt tokens, memory at --batch-size."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="With --model: the batch the memory estimate is for.")] = 8,
+    max_image_tokens: Annotated[
+        int | None, typer.Option(help="With --model: " + _help(EvalOptions, "max_image_tokens"))
+    ] = None,
 ) -> None:
     """Validate a task config and show its first rows as the model sees them."""
-    from harness.taskcheck import check_task
+    from harness.taskcheck import check_images, check_task
     from tasks.config import TaskConfigError
 
     try:
         round_trips = check_task(file, data=data, rows=rows)
+        if model:
+            typer.echo(
+                f"images for {model}"
+                + (f" (--max-image-tokens {max_image_tokens})" if max_image_tokens else "")
+                + ":"
+            )
+            check_images(
+                file, model, data=data, rows=rows, batch_size=batch_size, max_image_tokens=max_image_tokens
+            )
     except TaskConfigError as err:
         for line in err.lines:
             typer.secho(f"error: {line}", err=True, fg="red")

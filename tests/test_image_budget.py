@@ -61,3 +61,45 @@ def test_the_cap_is_part_of_the_run_identity_and_shortens_every_prompt(tmp_path)
     assert plain.config.model.max_image_tokens is None
     by_id = {r.id: r.prompt_tokens for r in plain.records}
     assert all(r.prompt_tokens < by_id[r.id] for r in capped.records)
+
+
+@pytest.mark.families  # their processors' video half needs torchvision
+@pytest.mark.parametrize(
+    ("family", "model"),
+    [("qwen2_5_vl", "tiny-qwen2.5-vl"), ("qwen3_vl", "tiny-qwen3-vl"), ("internvl", "tiny-internvl")],
+)
+def test_resizing_and_tiling_families_meet_the_cap(family, model):
+    processor = _processor(model)
+    before = most_image_tokens(processor)
+    cap = max(1, before // 2)
+    assert apply_image_budget(get_family(family), processor, cap)
+    assert most_image_tokens(processor) <= cap < before
+
+
+def test_task_check_shows_image_tokens_per_sample_before_a_run():
+    import re
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    def tokens(*extra: str) -> list[int]:
+        args = [
+            "task",
+            "check",
+            "burberry",
+            "--data",
+            "synthetic",
+            "--rows",
+            "2",
+            "--model",
+            "tiny-phi3v",
+            *extra,
+        ]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "GB KV cache" in result.output
+        return [int(n) for n in re.findall(r"-> (\d+) image tokens", result.output)]
+
+    published, capped = tokens(), tokens("--max-image-tokens", "20")
+    assert len(published) == 2 and all(c < p and c <= 20 for c, p in zip(capped, published, strict=True))

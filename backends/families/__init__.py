@@ -51,6 +51,7 @@ class Family:
     backend: str = "hf"  # "hf": transformers in this process; "api": a served model over HTTP
     # (directory, num_crops, **from_pretrained) -> (model, processor); None: the Auto classes.
     load: Callable[..., tuple[Any, Any]] | None = None
+    load_processor: Callable[..., Any] | None = None  # (directory, num_crops) -> processor, with `load`
     stop_tokens: tuple[str, ...] = ()  # tokens that end an answer besides the model's own eos
     lora_text: tuple[str, ...] = LLAMA_LINEARS  # leaf names of the text model's linears LoRA adapts
     image_modules: tuple[str, ...] = ()  # vision tower and projector: out of 4-bit and of text LoRA

@@ -11,6 +11,12 @@ def _load(directory, *, num_crops=None, **from_pretrained):
     return phi3v.load(directory, num_crops=num_crops, **from_pretrained)
 
 
+def _load_processor(directory, *, num_crops=None):
+    from backends.phi3v import Phi3VProcessor
+
+    return Phi3VProcessor.from_pretrained(directory, num_crops=num_crops)
+
+
 def _image_budget(processor, cap):
     """Fewer crops, one at a time: an image is (crops + 1) x 144 tokens and its separators."""
     for crops in range(processor.num_crops - 1, 0, -1):
@@ -30,6 +36,7 @@ register(
         "Phi-3-Vision / Phi-3.5-Vision (native, no remote code)",
         model_types=("phi3_v",),
         load=_load,
+        load_processor=_load_processor,
         image_budget=_image_budget,
         # Stop tokens: its loader writes <|end|> and <|endoftext|> into the generation config.
         lora_text=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),

@@ -33,8 +33,8 @@ def image_budget(processor, cap):
     images = processor.image_processor
     unit = images.patch_size * images.merge_size
     max_pixels = cap * unit * unit
-    images.size = {**images.size, "longest_edge": max_pixels}
-    images.size["shortest_edge"] = min(images.size.get("shortest_edge") or unit * unit, max_pixels)
+    shortest = images.size["shortest_edge"] or unit * unit  # a SizeDict or a dict: both index by name
+    images.size = {"shortest_edge": min(shortest, max_pixels), "longest_edge": max_pixels}
     if hasattr(images, "max_pixels"):
         images.max_pixels = max_pixels
     yield f"max_pixels {max_pixels}"
